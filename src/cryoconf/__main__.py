@@ -1,0 +1,5 @@
+import sys
+
+from cryoconf.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line interface: thin parsers that call library functions."""
