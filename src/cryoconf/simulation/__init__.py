@@ -1,0 +1,23 @@
+"""Synthetic particle datasets with ground truth (``cryoconf simulate``)."""
+
+from cryoconf.simulation.config import SimulationConfig
+from cryoconf.simulation.parameters import (
+    ParticleTruth,
+    conformation_probabilities,
+    gaussian_frame_weights,
+    sample_truth,
+    truth_from_metadata,
+)
+from cryoconf.simulation.run import SimulationResult, centered_coordinates, simulate_dataset
+
+__all__ = [
+    "SimulationConfig",
+    "ParticleTruth",
+    "SimulationResult",
+    "centered_coordinates",
+    "conformation_probabilities",
+    "gaussian_frame_weights",
+    "sample_truth",
+    "simulate_dataset",
+    "truth_from_metadata",
+]
