@@ -81,20 +81,66 @@ def electron_wavelength_A(voltage_kV: torch.Tensor) -> torch.Tensor:
 
 
 def ctf_2d(freq_x_inv_A: torch.Tensor, freq_y_inv_A: torch.Tensor, params: CTFParams) -> torch.Tensor:
-    """CTF (B, H, W) on a frequency grid ``freq_x/freq_y`` (H, W) in 1/Å for B particles."""
-    def per_particle(t: torch.Tensor) -> torch.Tensor:
-        return t.to(freq_x_inv_A.dtype)[:, None, None]
+    """CTF (B, H, W) on a frequency grid ``freq_x/freq_y`` (H, W) in 1/Å for B particles.
 
-    s2 = (freq_x_inv_A * freq_x_inv_A + freq_y_inv_A * freq_y_inv_A)[None]
-    alpha = torch.atan2(freq_y_inv_A, freq_x_inv_A)[None]
-    u, v = per_particle(params.defocus_u_A), per_particle(params.defocus_v_A)
-    defocus = 0.5 * (u + v + (u - v) * torch.cos(2.0 * (alpha - per_particle(params.defocus_angle_rad))))
-    lam = per_particle(electron_wavelength_A(params.voltage_kV.to(torch.float64)).to(freq_x_inv_A.dtype))
-    cs_A = per_particle(params.cs_mm) * 1e7
-    gamma = 2.0 * torch.pi * (-0.5 * defocus * lam * s2 + 0.25 * cs_A * lam**3 * s2 * s2) - per_particle(
-        params.phase_shift_rad
-    )
-    w = per_particle(params.amplitude_contrast)
-    ctf = torch.sqrt(1.0 - w * w) * torch.sin(gamma) - w * torch.cos(gamma)
-    ctf = ctf * torch.exp(-per_particle(params.bfactor_A2) * s2 / 4.0)
-    return ctf * per_particle(params.scale)
+    Evaluated as sin(γ − asin w) (= √(1−w²)·sin γ − w·cos γ) with
+    Δf(α) = ½(U+V) + ½(U−V)(cos 2α·cos 2α₀ + sin 2α·sin 2α₀): one sine per
+    frequency and particle; the angle terms are computed once per grid.
+    """
+    dt = freq_x_inv_A.dtype
+
+    def per_particle(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dt)[:, None, None]
+
+    s2 = freq_x_inv_A * freq_x_inv_A + freq_y_inv_A * freq_y_inv_A
+    safe = torch.where(s2 > 0, s2, torch.ones_like(s2))
+    cos2a = torch.where(s2 > 0, (freq_x_inv_A * freq_x_inv_A - freq_y_inv_A * freq_y_inv_A) / safe, torch.ones_like(s2))
+    sin2a = torch.where(s2 > 0, 2.0 * freq_x_inv_A * freq_y_inv_A / safe, torch.zeros_like(s2))
+    u, v = params.defocus_u_A.to(dt), params.defocus_v_A.to(dt)
+    ang = 2.0 * params.defocus_angle_rad.to(dt)
+    lam = electron_wavelength_A(params.voltage_kV.to(torch.float64)).to(dt)
+    # γ = s²·(c0 + c1·cos2α + c2·sin2α) + c4·s⁴ − (φ + asin w)
+    c0 = per_particle(-torch.pi * lam * 0.5 * (u + v))
+    c1 = per_particle(-torch.pi * lam * 0.5 * (u - v) * torch.cos(ang))
+    c2 = per_particle(-torch.pi * lam * 0.5 * (u - v) * torch.sin(ang))
+    c4 = per_particle(0.5 * torch.pi * params.cs_mm.to(dt) * 1e7 * lam**3)
+    off = per_particle(params.phase_shift_rad.to(dt) + torch.asin(params.amplitude_contrast.to(dt)))
+    gamma = torch.addcmul(c0, c1, cos2a[None]).addcmul_(c2, sin2a[None]).mul_(s2[None])
+    gamma = gamma.addcmul_(c4, (s2 * s2)[None]).sub_(off)
+    ctf = torch.sin(gamma)
+    if bool((params.bfactor_A2 != 0).any()):
+        ctf = ctf * torch.exp(-per_particle(params.bfactor_A2) * s2[None] / 4.0)
+    if bool((params.scale != 1).any()):
+        ctf = ctf * per_particle(params.scale)
+    return ctf
+
+
+def apply_ctf(images: torch.Tensor, params: CTFParams, apix_A: float, pad_factor: float = 1) -> torch.Tensor:
+    """Apply the CTF to real images (B, box, box): image_ft × CTF (no extra sign).
+
+    ``pad_factor`` > 1 zero-pads each image (centred) to ``round(pad_factor·box)``,
+    applies the CTF on that finer frequency grid and crops back, which avoids the
+    wrap-around of the CTF's point spread at the box edges.
+    """
+    box = images.shape[-1]
+    big = int(round(pad_factor * box))
+    if big < box:
+        from cryoconf.errors import InputError
+
+        raise InputError(f"pad_factor ({pad_factor}) must be ≥ 1")
+    if big > box:
+        p0 = big // 2 - box // 2
+        images = torch.nn.functional.pad(images, (p0, big - box - p0, p0, big - box - p0))
+    fx, fy = _grid_cached(big, apix_A, images.dtype, images.device)
+    ft = torch.fft.rfft2(images)
+    ft = ft * ctf_2d(fx, fy, params)
+    out = torch.fft.irfft2(ft, s=(big, big))
+    if big > box:
+        out = out[..., p0:p0 + box, p0:p0 + box]
+    return out
+
+
+def _grid_cached(box: int, apix_A: float, dtype, device):
+    from cryoconf.imaging.grids import fourier_grid_inv_A
+
+    return fourier_grid_inv_A(box, apix_A, rfft=True, dtype=dtype, device=device)
