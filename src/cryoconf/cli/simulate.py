@@ -177,6 +177,7 @@ def write_montage(result, k: int) -> Path:
 
     with mrcfile.mmap(result.stack_path, permissive=True) as noisy, mrcfile.mmap(result.clean_stack_path, permissive=True) as clean:
         k = min(k, noisy.data.shape[0])
-        labels = [f"conf {c}, SNR {s:.3g}" for c, s in zip(result.truth.conformation[:k], result.truth.snr[:k])]
+        frames = np.load(result.truth_path)["frame_index"][:k]
+        labels = [f"frame {f}, SNR {s:.3g}" for f, s in zip(frames, result.truth.snr[:k])]
         return particle_montage(np.array(noisy.data[:k]), result.outdir / "montage.png",
                                 clean=np.array(clean.data[:k]), labels=labels)
