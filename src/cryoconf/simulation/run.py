@@ -19,12 +19,12 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from cryoconf.data import MRCStackWriter, ParticleMetadata, write_relion31_star
+from cryoconf.data import MRCStackWriter, write_relion31_star
 from cryoconf.errors import InputError
 from cryoconf.imaging.forward import render_images
 from cryoconf.imaging.noise import add_white_noise
 from cryoconf.simulation.config import SimulationConfig
-from cryoconf.simulation.parameters import ParticleTruth
+from cryoconf.simulation.parameters import STACK_NAME, ParticleTruth
 from cryoconf.structure import Conformations
 
 log = logging.getLogger("cryoconf.simulate")
@@ -74,29 +74,6 @@ def _run_log(path: Path):
         handler.close()
 
 
-def _metadata_for(truth: ParticleTruth, config: SimulationConfig, stack_name: str) -> ParticleMetadata:
-    n = len(truth)
-    return ParticleMetadata(
-        image_names=np.array([f"{k + 1:06d}@{stack_name}" for k in range(n)]),
-        rotations=truth.rotations,
-        shifts_A=truth.shifts_A,
-        defocus_u_A=truth.defocus_u_A,
-        defocus_v_A=truth.defocus_v_A,
-        defocus_angle_deg=truth.defocus_angle_deg,
-        voltage_kV=truth.voltage_kV,
-        cs_mm=truth.cs_mm,
-        amplitude_contrast=truth.amplitude_contrast,
-        phase_shift_deg=truth.phase_shift_deg,
-        bfactor_A2=truth.bfactor_A2,
-        ctf_scale=np.ones(n),
-        apix_A=np.full(n, config.apix_A),
-        box=np.full(n, config.box, dtype=np.int64),
-        optics_group=np.ones(n, dtype=np.int64),
-        source=stack_name,
-        extra=None,
-    )
-
-
 def simulate_dataset(
     conformations: Conformations,
     truth: ParticleTruth,
@@ -117,7 +94,7 @@ def simulate_dataset(
         yaml.safe_dump({"inputs": inputs or {}, "simulation": config.to_dict()}, fh, sort_keys=False)
 
     star_path = outdir / "particles.star"
-    stack_path = outdir / "particles.mrcs"
+    stack_path = outdir / STACK_NAME
     clean_path = outdir / "particles_clean.mrcs" if config.save_clean else None
     truth_path = outdir / "truth.npz"
 
@@ -130,8 +107,9 @@ def simulate_dataset(
         amplitudes = torch.as_tensor(topology.amplitudes_e, dtype=torch.float32, device=device)
         sigmas = torch.as_tensor(topology.sigmas_A, dtype=torch.float32, device=device)
         conformation = torch.from_numpy(truth.conformation).to(device)
-        rotations = torch.from_numpy(truth.rotations).to(device=device, dtype=torch.float32)
-        shifts = torch.from_numpy(truth.shifts_A).to(device=device, dtype=torch.float32)
+        md = truth.metadata
+        rotations = torch.from_numpy(md.rotations).to(device=device, dtype=torch.float32)
+        shifts = torch.from_numpy(md.shifts_A).to(device=device, dtype=torch.float32)
         snr = torch.from_numpy(truth.snr).to(device=device, dtype=torch.float32)
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         mask_radius = config.snr_mask_radius_px if config.snr_mask_radius_px is not None else 0.4 * config.box
@@ -147,7 +125,7 @@ def simulate_dataset(
                 rows = slice(start, min(start + config.batch_size, len(truth)))
                 clean = render_images(
                     coords[conformation[rows]], amplitudes, sigmas, rotations[rows], shifts[rows],
-                    truth.ctf_params(rows, device=device), config.box, config.apix_A,
+                    md.ctf_params(np.arange(rows.start, rows.stop), device=device), config.box, config.apix_A,
                     pad_factor=config.pad_factor, projector=config.projector,
                 )
                 noisy = add_white_noise(clean, snr[rows], definition=config.snr_definition,
@@ -158,7 +136,7 @@ def simulate_dataset(
                 bar.update(rows.stop - rows.start)
             bar.close()
 
-        write_relion31_star(star_path, _metadata_for(truth, config, stack_path.name))
+        write_relion31_star(star_path, md)
         order_parameter = {} if conformations.theta is None else {
             "theta": np.asarray(conformations.theta, dtype=np.float64)[truth.conformation]}
         np.savez(
@@ -166,11 +144,11 @@ def simulate_dataset(
             conformation=truth.conformation,
             frame_index=np.asarray(conformations.frame_indices)[truth.conformation],
             **order_parameter,
-            rotations=truth.rotations,
-            shifts_A=truth.shifts_A,
-            defocus_u_A=truth.defocus_u_A,
-            defocus_v_A=truth.defocus_v_A,
-            defocus_angle_deg=truth.defocus_angle_deg,
+            rotations=md.rotations,
+            shifts_A=md.shifts_A,
+            defocus_u_A=md.defocus_u_A,
+            defocus_v_A=md.defocus_v_A,
+            defocus_angle_deg=md.defocus_angle_deg,
             snr=truth.snr,
             apix_A=config.apix_A,
             box=config.box,
