@@ -129,3 +129,23 @@ def test_padding_changes_only_edges():
     assert centre < 1e-3 * a.abs().max()
     assert edge > 30 * centre
     assert (b - c).abs().max() < 0.01 * (a - c).abs().max()  # padding removes the wrap-around
+
+
+@pytest.mark.parametrize("method", ["point", "pixel"])
+def test_tiled_projector_exact_for_wide_sigma_range_and_atoms_outside(method):
+    # σ from 0.3 to 4 px covers both tile sizes; atoms beyond the box edges must still be exact
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(300, 3, generator=g, dtype=D) * 25
+    sig = torch.tensor([[0.45], [1.5], [3.0], [6.0]], dtype=D)
+    box, apix = 48, 1.5
+    xb = x.expand(4, 300, 3)
+    img = project_gaussians(xb, 1.0, sig, box, apix, method=method, chunk_size=1)
+    full = project_gaussians(xb, 1.0, sig, box, apix, method=method)
+    assert torch.allclose(img, full, atol=1e-12)
+    if method == "point":
+        for b in range(4):
+            s = sig[b, 0].item()
+            ref = sum(analytic(box, apix, x[j, 0], x[j, 1], 1.0, s) for j in range(300))
+            assert torch.allclose(img[b], ref, atol=1e-9 * ref.max())
+    f32 = project_gaussians(xb.float(), 1.0, sig.float(), box, apix, method=method)
+    assert (f32.double() - full).abs().max() < 1e-5 * full.abs().max()

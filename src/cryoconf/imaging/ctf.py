@@ -133,7 +133,11 @@ def apply_ctf(images: torch.Tensor, params: CTFParams, apix_A: float, pad_factor
         images = torch.nn.functional.pad(images, (p0, big - box - p0, p0, big - box - p0))
     fx, fy = _grid_cached(big, apix_A, images.dtype, images.device)
     ft = torch.fft.rfft2(images)
-    ft = ft * ctf_2d(fx, fy, params)
+    ctf = ctf_2d(fx, fy, params)
+    if torch.is_grad_enabled() and (ft.requires_grad or ctf.requires_grad):
+        ft = ft * ctf
+    else:  # real × complex in place: no complex copy of the CTF, no new spectrum
+        torch.view_as_real(ft).mul_(ctf[..., None])
     out = torch.fft.irfft2(ft, s=(big, big))
     if big > box:
         out = out[..., p0:p0 + box, p0:p0 + box]

@@ -30,7 +30,11 @@ from cryoconf.errors import InputError
 __all__ = ["project_gaussians", "rotate_coords"]
 
 _N_SIGMA = 6.0
-_ELEMENT_BUDGET = 3_000_000  # floats per dense working tensor in one chunk
+_ELEMENT_BUDGET = 6_000_000  # floats of working memory per chunk (a few MB: stays in cache, no page faults)
+# exp(−z²) is evaluated with z² clamped at 40: beyond it the profile (< 4·10⁻¹⁸ of its peak, i.e. > 8.9σ,
+# outside the 6σ truncation) is replaced by e⁻⁴⁰, far below float precision. It keeps exp off its slow
+# underflow path (≈ 25× slower on x86) and products of two profiles out of the denormal range.
+_Z2_MAX = 40.0
 
 
 def rotate_coords(coords_A: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
@@ -53,86 +57,166 @@ def _as_bn(value, b: int, n: int, name: str, like: torch.Tensor) -> torch.Tensor
     raise InputError(f"{name} has shape {tuple(t.shape)}; expected (N,)=({n},), (B,N)=({b},{n}), (B,1) or a scalar")
 
 
-def _profile(edges_or_points: torch.Tensor, centre_k: torch.Tensor, method: str, dim: int) -> torch.Tensor:
-    """Unnormalised 1D profile on scaled coordinates (pixel·k, centre·k; k = 1/(√2·σ_px)).
+def _profile(points: torch.Tensor, centre: torch.Tensor, k: torch.Tensor, method: str, fast: bool,
+             out: torch.Tensor | None = None, log_amp: torch.Tensor | None = None) -> torch.Tensor:
+    """Unnormalised 1D profiles (P, S) at ``points`` (S,) [or pixel edges (S+1,)] in px.
 
-    ``"point"``: exp(−z²) at the given points (normalisation 1/(√π) per axis is
-    folded into the amplitudes by the caller). ``"pixel"``: the inputs are the
-    pixel edges; returns erf differences along ``dim`` (normalisation ½ folded in).
+    ``centre`` and ``k`` = 1/(√2·σ_px) are (P, 1). ``"point"``: exp(log_amp − (k(p − c))²)
+    (the 1/√π per axis is folded into the amplitudes by the caller); ``"pixel"``: erf
+    differences over consecutive edges (the ½ per axis folded in likewise).
+    ``fast``: no autograd, so intermediates are updated in place in ``out``.
     """
-    z = edges_or_points - centre_k
-    if method == "point":
-        return torch.exp(z.square().neg_())
-    e = torch.erf(z)
-    n = e.shape[dim]
-    return e.narrow(dim, 1, n - 1) - e.narrow(dim, 0, n - 1)
+    if fast:
+        z = torch.sub(points, centre, out=out).mul_(k)
+        if method == "point":
+            z = z.square_()
+            z = torch.sub(log_amp, z, out=z) if log_amp is not None else z.neg_()
+            return z.clamp_min_(-_Z2_MAX).exp_()
+        e = z.erf_()
+    else:
+        z = (points - centre) * k
+        if method == "point":
+            lead = log_amp if log_amp is not None else 0.0
+            return torch.exp((lead - z.square()).clamp_min(-_Z2_MAX))
+        e = torch.erf(z)
+    return e[:, 1:] - e[:, :-1]
 
 
-def _project_chunk(cx, cy, amp, sig, box: int, method: str, n_groups: int) -> torch.Tensor:
+_CLASS_CACHE: dict = {}
+
+
+def _size_classes(n: int, device) -> torch.Tensor:
+    """Padded atom counts per (particle, tile) pair: 0, 1..8, then steps of ≈ 25 % (multiples of 4)."""
+    key = (n, str(device))
+    if key not in _CLASS_CACHE:
+        sizes = [0]
+        s = 1
+        while True:
+            sizes.append(s)
+            if s >= n:
+                break
+            s = s + 1 if s < 8 else 4 * int(math.ceil(1.25 * s / 4))
+        _CLASS_CACHE[key] = torch.tensor(sizes, dtype=torch.long, device=device)
+    return _CLASS_CACHE[key]
+
+
+def _buffer(ws: dict | None, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A working tensor of ``shape``: a view into a buffer of ``ws`` reused across chunks (no page faults)."""
+    numel = math.prod(shape)
+    if ws is None:
+        return like.new_empty(shape)
+    buf = ws.get(name)
+    if buf is None or buf.numel() < numel:
+        buf = like.new_empty(max(numel, int(1.25 * numel) if buf is not None else numel))
+        ws[name] = buf
+    return buf[:numel].view(shape)
+
+
+def _tile_size(r: int) -> int:
+    """Tile edge (px) for halo r: large enough that halos do not dominate, small enough for short profiles."""
+    return 16 if r <= 12 else 24
+
+
+def _project_chunk(cx, cy, amp, sig, box: int, method: str, ws: dict | None = None) -> torch.Tensor:
     """Images (b, box, box) from centres in pixel-index units; ``amp`` already normalised.
 
-    ``sig`` (b, 1) or (b, n) in px. Profiles are evaluated on coordinates scaled by
-    k = 1/(√2σ) so that the point profile is exp(−z²) and the pixel profile a
-    difference of erf(z).
+    ``sig`` (b, 1) or (b, n) in px. The image is cut into fixed T×T tiles; every atom
+    belongs to the tile holding its centre (clamped to the grid: atoms outside the box
+    still reach only pixels inside that tile's window). A tile's window spans its T
+    rows/columns plus a halo of r ≥ 6σ on each side (S = T + 2r), so the tile image is
+    the exact product ``Gy (S×M) · Gx (M×S)`` of the y and x profiles of its M atoms.
+    (particle, tile) pairs are grouped by atom count (padded to a few size classes,
+    zero amplitude for padding) and each class is one batched matmul; the tile windows
+    sit at fixed positions, so the overlap-add is a short loop of slice additions.
     """
     b, n = cx.shape
     dev, dt = cx.device, cx.dtype
     pixel = method == "pixel"
-    r = int(math.ceil(_N_SIGMA * float(sig.detach().max()))) + 1
-    r = min(r, box + 1)
-    # sort atoms by row so that each group of m consecutive atoms covers few rows
-    order = torch.argsort(cy.detach(), dim=1)
-    cx = torch.gather(cx, 1, order)
-    cy = torch.gather(cy, 1, order)
-    amp = torch.gather(amp, 1, order)
-    if sig.shape[1] > 1:
-        sig = torch.gather(sig, 1, order)
-    k = (1.0 / math.sqrt(2.0)) / sig  # (b, 1) or (b, n)
-    g = max(1, min(n_groups, n))
-    m = -(-n // g)
-    pad = g * m - n
-    if pad:  # dummy atoms of zero amplitude at the last atom's position
-        cx = torch.cat([cx, cx[:, -1:].expand(b, pad)], 1)
-        cy = torch.cat([cy, cy[:, -1:].expand(b, pad)], 1)
-        amp = torch.cat([amp, amp.new_zeros(b, pad)], 1)
-        if k.shape[1] > 1:
-            k = torch.cat([k, k[:, -1:].expand(b, pad)], 1)
-    n_tot = g * m
-    # --- x profiles: window of w pixels around each atom, scattered into dense rows (b, n, box)
-    w = 2 * r + 2
-    sx = (torch.floor(cx.detach()).long() - r).clamp(-w, box)
-    offs = torch.arange(w + (1 if pixel else 0), device=dev)
-    pos = (sx[..., None] + offs).to(dt)
-    if pixel:
-        pos = pos - 0.5
-    vx = _profile(pos * k[..., None], (cx * k)[..., None], method, dim=2) * amp[..., None]
-    dense = torch.zeros(b, n_tot, box + 2 * w, dtype=dt, device=dev)
-    dense.scatter_(2, sx[..., None] + w + offs[:w], vx)
-    gx = dense[..., w:w + box].view(b, g, m, box)
-    # --- y profiles per group on the rows [lo, lo + L) it touches
-    cy_g = cy.view(b, g, m)
-    k_g = k.view(b, g, m) if k.shape[1] > 1 else k.view(b, 1, 1)
-    lo = torch.floor(cy_g[..., 0].detach()).long() - r  # (b, g)
-    hi = torch.floor(cy_g[..., -1].detach()).long() + r + 1
-    span = (hi - lo + 1).amax(0).tolist()  # rows needed per group index
-    hpad = box + 2 * (box + 2 * w)
-    base = box + 2 * w
-    out = torch.zeros(b * hpad, box, dtype=dt, device=dev)
-    row_base = (torch.arange(b, device=dev) * hpad + base)[:, None, None]
-    buckets = [(0, g)] if g <= 2 else [(1, g - 1), (0, 1), (g - 1, g)]
-    for g0, g1 in buckets:
-        length = min(max(span[g0:g1]), box + 2 * w)
-        lo_b = lo[:, g0:g1].clamp(-length, box)  # a window wholly outside the box stays outside
-        rows = lo_b[..., None] + torch.arange(length + (1 if pixel else 0), device=dev)  # (b, gb, L[+1])
-        pts = rows.to(dt)
-        if pixel:
-            pts = pts - 0.5
-        kk = k_g[:, g0:g1] if k_g.shape[1] > 1 else k_g
-        gy = _profile((pts[..., :, None] * kk[..., None, :]), (cy_g[:, g0:g1] * kk)[..., None, :], method, dim=2)
-        part = torch.matmul(gy, gx[:, g0:g1])  # (b, gb, L, box)
-        dest = (rows[..., :length] + row_base).reshape(-1)
-        out.index_add_(0, dest, part.reshape(-1, box))
-    return out.view(b, hpad, box)[:, base:base + box]
+    fast = not (torch.is_grad_enabled() and any(t.requires_grad for t in (cx, cy, amp, sig)))
+    r = min(int(math.ceil(_N_SIGMA * float(sig.detach().max()))) + 1, box + 1)
+    T = min(_tile_size(r), box)
+    nt = -(-box // T)
+    S = T + 2 * r
+    # tile of each atom and its position relative to the tile origin (px)
+    tx = torch.div(torch.floor(cx.detach()), T, rounding_mode="floor").clamp_(0, nt - 1)
+    ty = torch.div(torch.floor(cy.detach()), T, rounding_mode="floor").clamp_(0, nt - 1)
+    fx = (cx - tx * T).reshape(-1)
+    fy = (cy - ty * T).reshape(-1)
+    n_pairs = b * nt * nt
+    key = ((torch.arange(b, device=dev)[:, None] * nt + ty.long()) * nt + tx.long()).reshape(-1)
+    counts = torch.bincount(key, minlength=n_pairs)
+    table = _size_classes(n, dev)
+    cls = torch.searchsorted(table, counts)
+    size = table[cls]
+    pair_order = torch.argsort(cls, stable=True)  # empty pairs first, then by size class
+    sorted_size = size[pair_order]
+    pad_start = torch.empty_like(size).scatter_(0, pair_order, torch.cumsum(sorted_size, 0) - sorted_size)
+    n_empty = int((counts == 0).sum())
+    n_full = n_pairs - n_empty
+    # slot of each pair in the class-ordered output; empty pairs read the zero slot n_full
+    slot = torch.empty_like(size).scatter_(0, pair_order, torch.arange(-n_empty, n_full, device=dev))
+    slot = torch.where(counts > 0, slot, torch.full_like(slot, n_full))
+    # padded position of each atom: pair start + rank inside its pair
+    a_order = torch.argsort(key, stable=True)
+    s_key = key[a_order]
+    atom_start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(b * n, device=dev) - atom_start[s_key]
+    total = int(sorted_size.sum())
+    src = torch.full((total,), b * n, dtype=torch.long, device=dev)  # b·n: a dummy atom of zero amplitude
+    src.scatter_(0, pad_start[s_key] + rank, a_order)
+    zero = cx.new_zeros(1)
+    k = (1.0 / math.sqrt(2.0)) / sig
+    k = k.expand(b, n).reshape(-1)
+    kp = torch.cat([k, k.new_ones(1)])[src][:, None]
+    fxp = torch.cat([fx, zero])[src][:, None]
+    fyp = torch.cat([fy, zero])[src][:, None]
+    ap = torch.cat([amp.reshape(-1), zero])[src][:, None]
+    ws = ws if fast else None
+    n_pts = S + (1 if pixel else 0)
+    grid = torch.arange(n_pts, device=dev, dtype=dt) - (r + (0.5 if pixel else 0.0))
+    if method == "point" and fast:  # amplitude folded into the exponent (zero-amplitude padding → e^−40·e^−40, negligible)
+        gy = _profile(grid, fyp, kp, method, fast, _buffer(ws, "gy", (total, n_pts), cx), torch.log(ap))
+    else:
+        gy = _profile(grid, fyp, kp, method, fast, _buffer(ws, "gy", (total, n_pts), cx))
+        gy = gy.mul_(ap) if fast else gy * ap
+    gx = _profile(grid, fxp, kp, method, fast, _buffer(ws, "gx", (total, n_pts), cx))
+    # one batched matmul per size class: (P, S, M) @ (P, M, S)
+    sizes, n_per = torch.unique_consecutive(sorted_size[n_empty:], return_counts=True)
+    tiles = _buffer(ws, "tiles", (n_full + 1, S, S), cx) if fast else None
+    parts = []
+    a0 = p0 = 0
+    for m, p in zip(sizes.tolist(), n_per.tolist()):
+        a1 = a0 + p * m
+        ga = gy[a0:a1].view(p, m, S).transpose(1, 2)
+        gb = gx[a0:a1].view(p, m, S)
+        if fast:
+            torch.bmm(ga, gb, out=tiles[p0:p0 + p])
+        else:
+            parts.append(torch.bmm(ga, gb))
+        a0, p0 = a1, p0 + p
+    if fast:
+        tiles[n_full].zero_()
+    else:
+        parts.append(cx.new_zeros(1, S, S))
+        tiles = torch.cat(parts, 0)
+    slot = slot.view(b, nt, nt)
+    # overlap-add at fixed positions: tile columns into row strips, strips into the canvas
+    width = nt * T + 2 * r
+    if fast:
+        strips = _buffer(ws, "strips", (b, nt, S, width), cx).zero_()
+        col = _buffer(ws, "col", (b * nt, S, S), cx)
+        canvas = _buffer(ws, "canvas", (b, width, width), cx).zero_()
+        for j in range(nt):
+            torch.index_select(tiles, 0, slot[:, :, j].reshape(-1), out=col)
+            strips[..., j * T:j * T + S] += col.view(b, nt, S, S)
+    else:
+        strips = cx.new_zeros(b, nt, S, width)
+        canvas = cx.new_zeros(b, width, width)
+        for j in range(nt):
+            strips[..., j * T:j * T + S] += tiles[slot[:, :, j]]
+    for i in range(nt):
+        canvas[:, i * T:i * T + S] += strips[:, i]
+    return canvas[:, r:r + box, r:r + box]
 
 
 def project_gaussians(
@@ -200,15 +284,18 @@ def project_gaussians(
     norm = (0.25 if method == "pixel" else 1.0 / (2.0 * math.pi * sig_px * sig_px)) / (apix_A * apix_A)
     amp = amp * norm
     r_max = int(math.ceil(_N_SIGMA * float(sig_px.detach().max()))) + 1
-    per_particle = n * (box + 4 * r_max + 4) + 1
+    s_max = min(_tile_size(r_max), box) + 2 * r_max
+    nt_max = -(-box // min(_tile_size(r_max), box))
+    # working floats per particle: padded profiles, tile outputs, row strips and canvas
+    per_particle = int(2.4 * n * s_max) + nt_max * s_max * (box + 2 * s_max) + (box + 2 * s_max) ** 2
     if chunk_size is None:
         chunk_size = max(1, min(bsz, _ELEMENT_BUDGET // per_particle))
-    n_groups = max(1, min(32, n // 64))
     # sort particles by width so that each chunk has short windows
     order = torch.argsort(sig_px.detach().amax(1))
     sorted_needed = bsz > chunk_size and not bool((order == torch.arange(bsz, device=order.device)).all())
-    outs = []
-    atom_chunk = max(1, _ELEMENT_BUDGET // (box + 4 * r_max + 4)) if chunk_size == 1 else n
+    atom_chunk = max(1, _ELEMENT_BUDGET // int(2.6 * s_max)) if chunk_size == 1 else n
+    sorted_images = None
+    ws: dict = {}  # working buffers reused by all chunks of this call
     for start in range(0, bsz, chunk_size):
         sel = order[start:start + chunk_size] if sorted_needed else slice(start, start + chunk_size)
         cxc, cyc, ac, sc = cx[sel], cy[sel], amp[sel], sig_px[sel]
@@ -216,10 +303,18 @@ def project_gaussians(
         for a0 in range(0, n, atom_chunk):
             a1 = min(n, a0 + atom_chunk)
             s_part = sc if sc.shape[1] == 1 else sc[:, a0:a1]
-            part = _project_chunk(cxc[:, a0:a1], cyc[:, a0:a1], ac[:, a0:a1], s_part, box, method, n_groups)
-            img = part if img is None else img + part
-        outs.append(img)
-    images = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
-    if sorted_needed:
-        images = images[torch.argsort(order)]
-    return images
+            part = _project_chunk(cxc[:, a0:a1], cyc[:, a0:a1], ac[:, a0:a1], s_part, box, method, ws)
+            img = part.clone() if img is None else img + part  # part is a view of a reused buffer
+        if chunk_size >= bsz:
+            return img
+        if img.requires_grad:
+            sorted_images = [img] if sorted_images is None else sorted_images + [img]
+            continue
+        if sorted_images is None:
+            sorted_images = img.new_empty(bsz, box, box)
+        sorted_images[start:start + img.shape[0]] = img
+    if isinstance(sorted_images, list):
+        sorted_images = torch.cat(sorted_images, 0)
+    if not sorted_needed:
+        return sorted_images
+    return sorted_images[torch.argsort(order)]
