@@ -148,3 +148,53 @@ def _grid_cached(box: int, apix_A: float, dtype, device):
     from cryoconf.imaging.grids import fourier_grid_inv_A
 
     return fourier_grid_inv_A(box, apix_A, rfft=True, dtype=dtype, device=device)
+
+
+_TERMS_CACHE: dict = {}
+
+
+def _grid_terms(box: int, apix_A: float, dtype, device) -> torch.Tensor:
+    """Per-grid rows (5, box·(box//2+1)) on the rfft half-plane: s², s²·cos 2α, s²·sin 2α, s⁴, 1 (cached).
+
+    γ = c0·s² + c1·s²cos 2α + c2·s²sin 2α + c4·s⁴ − (φ + asin w) is then one small matmul.
+    """
+    key = (box, float(apix_A), dtype, str(device))
+    terms = _TERMS_CACHE.get(key)
+    if terms is None:
+        fx, fy = _grid_cached(box, apix_A, torch.float64, device)
+        s2 = fx * fx + fy * fy
+        # s²·cos 2α = fx² − fy², s²·sin 2α = 2·fx·fy (no division, no special case at s = 0)
+        terms = torch.stack([s2, fx * fx - fy * fy, 2.0 * fx * fy, s2 * s2, torch.ones_like(s2)])
+        terms = terms.reshape(5, -1).to(dtype).contiguous()
+        if len(_TERMS_CACHE) > 32:
+            _TERMS_CACHE.clear()
+        _TERMS_CACHE[key] = terms
+    return terms
+
+
+def ctf_rfft_into(out: torch.Tensor, box: int, apix_A: float, params: CTFParams) -> torch.Tensor:
+    """CTF (B, box, box//2+1) on the rfft half-plane grid, written into ``out`` (no autograd).
+
+    Same formula as :func:`ctf_2d`: γ as one (B,5)·(5, pixels) product of per-particle
+    coefficients and cached per-grid rows, then one sine.
+    """
+    dt, dev = out.dtype, out.device
+    terms = _grid_terms(box, apix_A, dt, dev)
+    u, v = params.defocus_u_A.to(dev, dt), params.defocus_v_A.to(dev, dt)
+    ang = 2.0 * params.defocus_angle_rad.to(dev, dt)
+    lam = electron_wavelength_A(params.voltage_kV.to(dev, torch.float64)).to(dt)
+    half = -torch.pi * lam * 0.5 * (u - v)
+    coef = torch.stack([
+        -torch.pi * lam * 0.5 * (u + v),
+        half * torch.cos(ang),
+        half * torch.sin(ang),
+        0.5 * torch.pi * params.cs_mm.to(dev, dt) * 1e7 * lam**3,
+        -(params.phase_shift_rad.to(dev, dt) + torch.asin(params.amplitude_contrast.to(dev, dt))),
+    ], dim=1)
+    torch.mm(coef, terms, out=out.view(out.shape[0], -1)).sin_()
+    if bool((params.bfactor_A2 != 0).any()):
+        s2 = terms[0].view(out.shape[1:])
+        out.mul_(torch.exp(-params.bfactor_A2.to(dev, dt)[:, None, None] * s2 / 4.0))
+    if bool((params.scale != 1).any()):
+        out.mul_(params.scale.to(dev, dt)[:, None, None])
+    return out

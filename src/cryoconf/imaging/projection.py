@@ -164,22 +164,38 @@ def _project_chunk(cx, cy, amp, sig, box: int, method: str, ws: dict | None = No
     total = int(sorted_size.sum())
     src = torch.full((total,), b * n, dtype=torch.long, device=dev)  # b·n: a dummy atom of zero amplitude
     src.scatter_(0, pad_start[s_key] + rank, a_order)
-    zero = cx.new_zeros(1)
-    k = (1.0 / math.sqrt(2.0)) / sig
-    k = k.expand(b, n).reshape(-1)
-    kp = torch.cat([k, k.new_ones(1)])[src][:, None]
-    fxp = torch.cat([fx, zero])[src][:, None]
-    fyp = torch.cat([fy, zero])[src][:, None]
-    ap = torch.cat([amp.reshape(-1), zero])[src][:, None]
     ws = ws if fast else None
     n_pts = S + (1 if pixel else 0)
     grid = torch.arange(n_pts, device=dev, dtype=dt) - (r + (0.5 if pixel else 0.0))
-    if method == "point" and fast:  # amplitude folded into the exponent (zero-amplitude padding → e^−40·e^−40, negligible)
-        gy = _profile(grid, fyp, kp, method, fast, _buffer(ws, "gy", (total, n_pts), cx), torch.log(ap))
+    k = (1.0 / math.sqrt(2.0)) / sig
+    if fast and method == "point":
+        # one gather of (y, x, k, log a) per padded slot (the dummy row: zero amplitude), then the y and x
+        # profiles as one (2·total, S) array: exp(lead − (k(p − c))²), lead = log a for y rows, 0 for x rows;
+        # zero-amplitude padding → e^−40·e^−40, negligible
+        table = torch.empty(b * n + 1, 4, dtype=dt, device=dev)
+        table[:-1, 0] = fy
+        table[:-1, 1] = fx
+        table[:-1, 2] = k.expand(b, n).reshape(-1)
+        torch.log(amp.reshape(-1), out=table[:-1, 3])
+        table[-1] = table.new_tensor([0.0, 0.0, 1.0, -math.inf])
+        packed = table.index_select(0, src).t_()  # (4, total)
+        cen = packed[:2].reshape(-1, 1)
+        kk = packed[2:3].expand(2, total).reshape(-1, 1)
+        lead = torch.cat([packed[3], packed.new_zeros(total)])[:, None]
+        g2 = _buffer(ws, "g2", (2 * total, n_pts), cx)
+        z = torch.sub(grid, cen, out=g2).mul_(kk).square_()
+        torch.sub(lead, z, out=z).clamp_min_(-_Z2_MAX).exp_()
+        gy, gx = g2[:total], g2[total:]
     else:
+        zero = cx.new_zeros(1)
+        k = k.expand(b, n).reshape(-1)
+        kp = torch.cat([k, k.new_ones(1)])[src][:, None]
+        fxp = torch.cat([fx, zero])[src][:, None]
+        fyp = torch.cat([fy, zero])[src][:, None]
+        ap = torch.cat([amp.reshape(-1), zero])[src][:, None]
         gy = _profile(grid, fyp, kp, method, fast, _buffer(ws, "gy", (total, n_pts), cx))
         gy = gy.mul_(ap) if fast else gy * ap
-    gx = _profile(grid, fxp, kp, method, fast, _buffer(ws, "gx", (total, n_pts), cx))
+        gx = _profile(grid, fxp, kp, method, fast, _buffer(ws, "gx", (total, n_pts), cx))
     # one batched matmul per size class: (P, S, M) @ (P, M, S)
     sizes, n_per = torch.unique_consecutive(sorted_size[n_empty:], return_counts=True)
     tiles = _buffer(ws, "tiles", (n_full + 1, S, S), cx) if fast else None
@@ -219,28 +235,14 @@ def _project_chunk(cx, cy, amp, sig, box: int, method: str, ws: dict | None = No
     return canvas[:, r:r + box, r:r + box]
 
 
-def project_gaussians(
-    coords_A: torch.Tensor,
-    amplitudes: torch.Tensor | float,
-    sigmas_A: torch.Tensor | float,
-    box: int,
-    apix_A: float,
-    *,
-    rotations: torch.Tensor | None = None,
-    shifts_A: torch.Tensor | None = None,
-    method: str = "point",
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Project Gaussian pseudo-atoms along z: images (B, box, box) in amplitude per Å².
+class _Prepared:
+    """Validated projector inputs: centres (px), normalised amplitudes, σ (px) and the chunk plan."""
 
-    ``coords_A`` (N,3) shared or (B,N,3); ``rotations`` (B,3,3) pose matrices A
-    (coordinates become ``coords @ Aᵀ``), ``shifts_A`` (B,2) real-space shift t
-    (x, y) applied exactly by moving the Gaussian centres (no wrap-around).
-    ``amplitudes`` and ``sigmas_A``: scalar, (N,), (B,N) or (B,1).
-    ``method``: ``"point"`` (value at pixel centres) or ``"pixel"`` (pixel-area mean).
-    ``chunk_size``: particles per chunk (default: bounded working memory).
-    Differentiable in coords, amplitudes, sigmas, rotations and shifts.
-    """
+    __slots__ = ("cx", "cy", "amp", "sig_px", "box", "method", "bsz", "n", "chunk_size", "order",
+                 "sorted_needed", "atom_chunk")
+
+
+def _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, shifts_A, method, chunk_size) -> _Prepared:
     if method not in ("point", "pixel"):
         raise InputError(f"projector method {method!r} is unknown; use 'point' or 'pixel'")
     if box < 1 or apix_A <= 0:
@@ -290,23 +292,66 @@ def project_gaussians(
     per_particle = int(2.4 * n * s_max) + nt_max * s_max * (box + 2 * s_max) + (box + 2 * s_max) ** 2
     if chunk_size is None:
         chunk_size = max(1, min(bsz, _ELEMENT_BUDGET // per_particle))
+    p = _Prepared()
+    p.cx, p.cy, p.amp, p.sig_px, p.box, p.method, p.bsz, p.n = cx, cy, amp, sig_px, box, method, bsz, n
+    p.chunk_size = chunk_size
     # sort particles by width so that each chunk has short windows
-    order = torch.argsort(sig_px.detach().amax(1))
-    sorted_needed = bsz > chunk_size and not bool((order == torch.arange(bsz, device=order.device)).all())
-    atom_chunk = max(1, _ELEMENT_BUDGET // int(2.6 * s_max)) if chunk_size == 1 else n
+    p.order = torch.argsort(sig_px.detach().amax(1))
+    p.sorted_needed = bsz > chunk_size and not bool((p.order == torch.arange(bsz, device=p.order.device)).all())
+    p.atom_chunk = max(1, _ELEMENT_BUDGET // int(2.6 * s_max)) if chunk_size == 1 else n
+    return p
+
+
+def _render_selection(p: _Prepared, sel, ws: dict | None) -> torch.Tensor:
+    """Images (b, box, box) of the particles ``sel`` (index tensor or slice).
+
+    With a single atom chunk the result may be a (non-contiguous) view of a buffer of ``ws``,
+    valid until the next call with the same ``ws``.
+    """
+    cxc, cyc, ac, sc = p.cx[sel], p.cy[sel], p.amp[sel], p.sig_px[sel]
+    img = None
+    n = p.n
+    for a0 in range(0, n, p.atom_chunk):
+        a1 = min(n, a0 + p.atom_chunk)
+        s_part = sc if sc.shape[1] == 1 else sc[:, a0:a1]
+        part = _project_chunk(cxc[:, a0:a1], cyc[:, a0:a1], ac[:, a0:a1], s_part, p.box, p.method, ws)
+        if a1 >= n and img is None:
+            return part
+        img = part.clone() if img is None else img + part  # part is a view of a reused buffer
+    return img
+
+
+def project_gaussians(
+    coords_A: torch.Tensor,
+    amplitudes: torch.Tensor | float,
+    sigmas_A: torch.Tensor | float,
+    box: int,
+    apix_A: float,
+    *,
+    rotations: torch.Tensor | None = None,
+    shifts_A: torch.Tensor | None = None,
+    method: str = "point",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Project Gaussian pseudo-atoms along z: images (B, box, box) in amplitude per Å².
+
+    ``coords_A`` (N,3) shared or (B,N,3); ``rotations`` (B,3,3) pose matrices A
+    (coordinates become ``coords @ Aᵀ``), ``shifts_A`` (B,2) real-space shift t
+    (x, y) applied exactly by moving the Gaussian centres (no wrap-around).
+    ``amplitudes`` and ``sigmas_A``: scalar, (N,), (B,N) or (B,1).
+    ``method``: ``"point"`` (value at pixel centres) or ``"pixel"`` (pixel-area mean).
+    ``chunk_size``: particles per chunk (default: bounded working memory).
+    Differentiable in coords, amplitudes, sigmas, rotations and shifts.
+    """
+    p = _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, shifts_A, method, chunk_size)
+    bsz, chunk_size, order, sorted_needed = p.bsz, p.chunk_size, p.order, p.sorted_needed
     sorted_images = None
     ws: dict = {}  # working buffers reused by all chunks of this call
     for start in range(0, bsz, chunk_size):
         sel = order[start:start + chunk_size] if sorted_needed else slice(start, start + chunk_size)
-        cxc, cyc, ac, sc = cx[sel], cy[sel], amp[sel], sig_px[sel]
-        img = None
-        for a0 in range(0, n, atom_chunk):
-            a1 = min(n, a0 + atom_chunk)
-            s_part = sc if sc.shape[1] == 1 else sc[:, a0:a1]
-            part = _project_chunk(cxc[:, a0:a1], cyc[:, a0:a1], ac[:, a0:a1], s_part, box, method, ws)
-            img = part.clone() if img is None else img + part  # part is a view of a reused buffer
+        img = _render_selection(p, sel, ws)
         if chunk_size >= bsz:
-            return img
+            return img.contiguous() if img.requires_grad else img.clone()
         if img.requires_grad:
             sorted_images = [img] if sorted_images is None else sorted_images + [img]
             continue

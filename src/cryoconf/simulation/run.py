@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 
 from cryoconf.data import MRCStackWriter, write_relion31_star
 from cryoconf.errors import InputError
-from cryoconf.imaging.forward import render_images
-from cryoconf.imaging.noise import add_white_noise
+from cryoconf.imaging.forward import RenderWorkspace, render_noisy_images
 from cryoconf.simulation.config import SimulationConfig
 from cryoconf.simulation.parameters import STACK_NAME, ParticleTruth
 from cryoconf.structure import Conformations
@@ -121,15 +120,16 @@ def simulate_dataset(
             for w in writers:
                 stack.enter_context(w)
             bar = tqdm(total=len(truth), unit="particle", desc="simulate", disable=not progress)
+            workspace = RenderWorkspace()
             for start in range(0, len(truth), config.batch_size):
                 rows = slice(start, min(start + config.batch_size, len(truth)))
-                clean = render_images(
+                noisy, clean = render_noisy_images(
                     coords[conformation[rows]], amplitudes, sigmas, rotations[rows], shifts[rows],
                     md.ctf_params(np.arange(rows.start, rows.stop), device=device), config.box, config.apix_A,
-                    pad_factor=config.pad_factor, projector=config.projector,
+                    snr[rows], snr_definition=config.snr_definition, mask_radius_px=mask_radius,
+                    generator=generator, pad_factor=config.pad_factor, projector=config.projector,
+                    return_clean=True, workspace=workspace,
                 )
-                noisy = add_white_noise(clean, snr[rows], definition=config.snr_definition,
-                                        mask_radius_px=mask_radius, generator=generator)
                 writers[0].write(start, noisy.cpu().numpy())
                 if clean_path is not None:
                     writers[1].write(start, clean.cpu().numpy())
