@@ -8,15 +8,17 @@ which factorises into x and y profiles. Two samplings of it are offered:
 - ``"pixel"``: the mean over each pixel's area (differences of erf), so that
   ``image.sum()·apix² = Σ a`` holds exactly for a contained particle, at any σ.
 
-Algorithm (cost O(B·N·box·L/box) ≈ O(B·N·(box + L²)), never B×N×box×box):
-atoms are sorted by their image row ``y`` and cut into G groups of equal count;
-a group's y profiles are non-zero only on a short run of L rows (its y extent
-plus ±``n_sigma``·σ), so the image is ``Σ_g  Gy_g (L×M) · diag(a) · Gx_g (M×box)``
-overlap-added at each group's row offset. The x profiles are evaluated only
-inside ±``n_sigma``·σ windows and scattered into dense rows. Profiles are
-truncated at ``n_sigma`` = 6 standard deviations (relative error < 2·10⁻⁹ of
-the integral), so the result is the exact projection to float precision.
-Particles are processed in chunks (sorted by σ so that windows stay short).
+Algorithm (cost O(B·N·(T + 2r)²) with r ≈ 6σ, never a B×N×box×box tensor):
+the image is cut into fixed T×T tiles and every atom is assigned to the tile
+holding its centre. A tile's window is its T pixels plus a halo of r ≥ 6σ on
+each side, so the tile image is exactly ``Gy (S×M) · diag(a) · Gx (M×S)``
+(S = T + 2r) over the tile's M atoms, with the 1D profiles evaluated only in
+that window. (particle, tile) pairs are grouped by padded atom count and each
+group is one batched matmul; windows sit at fixed positions, so the
+overlap-add is a short loop of slice additions. Profiles are truncated at 6σ
+(relative error < 2·10⁻⁹ of the integral), so the result is the exact
+projection to float precision. Particles are processed in chunks sorted by σ,
+with working buffers reused across chunks (see ``RenderWorkspace``).
 """
 
 from __future__ import annotations
