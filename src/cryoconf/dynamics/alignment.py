@@ -64,12 +64,35 @@ def rmsd(a, b, align: bool = True, weights=None) -> torch.Tensor:
     return torch.sqrt(((a - b) ** 2).sum(-1).mul(w).sum(-1).clamp_min(0))
 
 
-def pairwise_rmsd(a, b=None, align: bool = True, chunk_size: int = 256) -> torch.Tensor:
+def pairwise_rmsd(a, b=None, align: bool = True, chunk_size: int = 512) -> torch.Tensor:
     """RMSD matrix (M, K) between every structure of ``a`` (M, N, 3) and of ``b`` (K, N, 3).
 
-    Computed in chunks of ``chunk_size`` rows of ``a``, so memory is O(chunk·K·N).
+    With ``align``, uses the closed form of the superposed RMSD: with centred
+    coordinates and C = a_cᵀ·b_c (3×3) of singular values s₁ ≥ s₂ ≥ s₃,
+    N·RMSD² = ‖a_c‖² + ‖b_c‖² − 2(s₁ + s₂ ± s₃), with −s₃ when det C < 0 (no
+    reflections). All covariances of a chunk of ``chunk_size`` rows come from one
+    matrix product, so memory is O(chunk·K) and no (M, K, N, 3) tensor is built.
     """
     a = as_tensor(a)
     b = a if b is None else as_tensor(b)
-    rows = [rmsd(a[i:i + chunk_size, None], b[None], align=align) for i in range(0, a.shape[0], chunk_size)]
+    n = a.shape[-2]
+    if not align:
+        rows = [rmsd(a[i:i + chunk_size, None], b[None], align=False) for i in range(0, a.shape[0], chunk_size)]
+        return torch.cat(rows, dim=0)
+    ac = a - a.mean(dim=-2, keepdim=True)
+    bc = b - b.mean(dim=-2, keepdim=True)
+    norm_a = (ac * ac).sum(dim=(-2, -1))
+    norm_b = (bc * bc).sum(dim=(-2, -1))
+    k = bc.shape[0]
+    b_mat = bc.permute(1, 0, 2).reshape(n, 3 * k)  # (N, 3K)
+    rows = []
+    for i in range(0, a.shape[0], chunk_size):
+        ai = ac[i:i + chunk_size]
+        m = ai.shape[0]
+        cov = (ai.permute(0, 2, 1).reshape(3 * m, n) @ b_mat).reshape(m, 3, k, 3).permute(0, 2, 1, 3)
+        s = torch.linalg.svdvals(cov)  # (m, K, 3)
+        sign = torch.where(torch.det(cov) < 0, -1.0, 1.0).to(s.dtype)
+        trace = s[..., 0] + s[..., 1] + sign * s[..., 2]
+        msd = (norm_a[i:i + m, None] + norm_b[None] - 2 * trace) / n
+        rows.append(torch.sqrt(msd.clamp_min(0)))
     return torch.cat(rows, dim=0)
