@@ -70,7 +70,7 @@ def pairwise_rmsd(a, b=None, align: bool = True, chunk_size: int = 512) -> torch
     With ``align``, uses the closed form of the superposed RMSD: with centred
     coordinates and C = a_cᵀ·b_c (3×3) of singular values s₁ ≥ s₂ ≥ s₃,
     N·RMSD² = ‖a_c‖² + ‖b_c‖² − 2(s₁ + s₂ ± s₃), with −s₃ when det C < 0 (no
-    reflections). All covariances of a chunk of ``chunk_size`` rows come from one
+    reflections); pairs so close that this loses digits are superposed explicitly. All covariances of a chunk of ``chunk_size`` rows come from one
     matrix product, so memory is O(chunk·K) and no (M, K, N, 3) tensor is built.
     """
     a = as_tensor(a)
@@ -93,6 +93,12 @@ def pairwise_rmsd(a, b=None, align: bool = True, chunk_size: int = 512) -> torch
         s = torch.linalg.svdvals(cov)  # (m, K, 3)
         sign = torch.where(torch.det(cov) < 0, -1.0, 1.0).to(s.dtype)
         trace = s[..., 0] + s[..., 1] + sign * s[..., 2]
-        msd = (norm_a[i:i + m, None] + norm_b[None] - 2 * trace) / n
-        rows.append(torch.sqrt(msd.clamp_min(0)))
+        scale = norm_a[i:i + m, None] + norm_b[None]
+        msd = (scale - 2 * trace) / n
+        out = torch.sqrt(msd.clamp_min(0))
+        # near-identical pairs lose digits to cancellation: superpose those explicitly
+        close = torch.nonzero(msd <= 1e-6 * scale / n)
+        if len(close):
+            out[close[:, 0], close[:, 1]] = rmsd(ai[close[:, 0]], bc[close[:, 1]])
+        rows.append(out)
     return torch.cat(rows, dim=0)
