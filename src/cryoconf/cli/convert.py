@@ -12,6 +12,7 @@ import numpy as np
 from cryoconf.data import read_metadata, write_cryodrgn_pkl, write_relion31_star
 from cryoconf.data.indices import load_indices
 from cryoconf.data.stack import parse_image_name, resolve_stack_path
+from cryoconf.cli.help_format import DefaultsHelpFormatter
 from cryoconf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
         "convert",
         help="convert particle metadata (RELION .star, cryoSPARC .cs, cryoDRGN .pkl)",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("input", metavar="INPUT", help="metadata file: .star, .cs, pose .pkl, or .mrcs/.mrc/.txt stack")
     p.add_argument("--poses", metavar="POSE.pkl", help="write cryoDRGN poses (requires 3D poses in INPUT)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from cryoconf.cli.help_format import DefaultsHelpFormatter
 from cryoconf.errors import InputError
 
 
@@ -30,7 +31,7 @@ def register(sub) -> None:
         "demo",
         help="run cryoconf on built-in example data (ADK, from MDAnalysisTests)",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("-o", "--outdir", default="demo_out", help="output directory")
     p.add_argument("-n", "--n-particles", type=int, default=512, help="particles to simulate")

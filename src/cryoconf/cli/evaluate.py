@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryoconf.cli.help_format import DefaultsHelpFormatter
 from cryoconf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
         "evaluate",
         help="compare predicted structures with the ground truth (EMD-RMSD, RMSD, geometry, FSC)",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("pred", metavar="PRED", help="predicted structures: multi-model PDB, mmCIF or ensemble .npz")
     p.add_argument("truth", metavar="TRUTH", help="ground-truth structures: multi-model PDB, mmCIF or ensemble .npz")

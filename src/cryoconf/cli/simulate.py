@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryoconf.cli.help_format import DefaultsHelpFormatter
 from cryoconf.errors import InputError
 
 
@@ -83,7 +84,7 @@ def register(sub) -> None:
         "drawn uniformly or with weights, uniform SO(3) poses, shifts, astigmatic CTFs and Gaussian noise. "
         "Writes OUTDIR/particles.mrcs, OUTDIR/particles.star (RELION 3.1), OUTDIR/truth.npz, "
         "config.yaml and run.log.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("structure", help="PDB/mmCIF, a topology (PSF/GRO/PDB) with TRAJECTORY, or an ensemble .npz")
     p.add_argument("trajectory", nargs="?", default=None, help="trajectory (DCD/XTC/TRR…) for the topology")
