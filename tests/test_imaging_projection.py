@@ -1,13 +1,11 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from cryoconf.errors import InputError
-from cryoconf.imaging.ctf import CTFParams, apply_ctf, ctf_2d
+from cryoconf.imaging.ctf import CTFParams
 from cryoconf.imaging.forward import render_images
-from cryoconf.imaging.grids import fourier_grid_inv_A
 from cryoconf.imaging.projection import project_gaussians
 from cryoconf.imaging.rotations import random_rotations
 from cryoconf.imaging.shift import shift_images

@@ -8,7 +8,6 @@ and noisy particles. Later stages of the pipeline extend this demo.
 
 from __future__ import annotations
 
-import argparse
 
 from cryoconf.cli.help_format import DefaultsHelpFormatter
 from cryoconf.errors import InputError

@@ -17,6 +17,7 @@ import numpy as np
 
 from cryoconf.data.metadata import ParticleMetadata, check_finite
 from cryoconf.errors import InputError
+from cryoconf.atomic_write import atomic_path
 
 __all__ = ["read_cryodrgn_pkl", "write_cryodrgn_pkl", "read_pickle"]
 
@@ -131,11 +132,8 @@ def read_cryodrgn_pkl(
 
 
 def _write_pickle(path, obj) -> None:
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump(obj, fh, protocol=4)
-    os.replace(tmp, path)
 
 
 def write_cryodrgn_pkl(metadata: ParticleMetadata, poses_path=None, ctf_path=None) -> None:

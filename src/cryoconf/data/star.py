@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cryoconf.errors import InputError
+from cryoconf.atomic_write import atomic_path
 
 __all__ = ["StarTable", "read_star", "write_star", "format_value_column"]
 
@@ -224,7 +225,5 @@ def write_star(path: str | os.PathLike, blocks: list[tuple[str, dict]], header: 
         if cols:
             parts.append("".join(" ".join(row) + "\n" for row in zip(*cols)))
         parts.append("\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(parts))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(parts), encoding="utf-8")

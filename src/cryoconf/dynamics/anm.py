@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from scipy.spatial import cKDTree
 
 from cryoconf.errors import InputError
 from cryoconf.structure.model import Conformations, Structure
+from cryoconf.atomic_write import atomic_path
 
 __all__ = [
     "ANMModes",
@@ -505,16 +505,8 @@ class ANMModes:
             for f in fields(Structure):
                 if f.name != "coords_A":
                     arrays[f"topology_{f.name}"] = np.asarray(getattr(self.topology, f.name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path) -> "ANMModes":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import mrcfile
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from cryoconf.errors import InputError
+from cryoconf.atomic_write import atomic_path
 
 __all__ = [
     "density_map",
@@ -169,21 +169,10 @@ def write_mrc(path, volume, voxel_A: float, origin_A=None) -> None:
     nz, ny, nx = vol.shape
     if origin_A is None:
         origin_A = (-(nx // 2) * voxel_A, -(ny // 2) * voxel_A, -(nz // 2) * voxel_A)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path), suffix=".tmp")
-    os.close(fd)
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(vol)
-            mrc.voxel_size = float(voxel_A)
-            mrc.header.origin = tuple(float(o) for o in origin_A)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(vol)
+        mrc.voxel_size = float(voxel_A)
+        mrc.header.origin = tuple(float(o) for o in origin_A)
 
 
 def read_mrc(path) -> MapData:

@@ -10,14 +10,13 @@ topology: ``residue_names``, ``residue_numbers``, ``chain_ids``, ``atom_names``,
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cryoconf.errors import InputError
 from cryoconf.structure.model import Conformations, Structure
+from cryoconf.atomic_write import atomic_path
 
 __all__ = ["save_conformations", "load_conformations_npz"]
 
@@ -44,16 +43,8 @@ def save_conformations(path, conf: Conformations) -> None:
     }
     for k in _TOPOLOGY_KEYS:
         arrays[k] = np.asarray(getattr(top, k))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def load_conformations_npz(path) -> Conformations:

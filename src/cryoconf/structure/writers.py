@@ -9,14 +9,13 @@ labels); default 0. Coordinates are written in Å with 3 decimals.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cryoconf.errors import InputError
 from cryoconf.structure.model import Conformations, Structure
+from cryoconf.atomic_write import atomic_path
 
 __all__ = ["write_pdb", "write_mmcif"]
 
@@ -93,16 +92,8 @@ def _element_of(name: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_pdb(path, structures_or_coords, topology: Structure | None = None, bfactors=None) -> None:
