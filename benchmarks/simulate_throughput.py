@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from cryoconf.imaging import native_projector
+
 from cryoconf.imaging.ctf import CTFParams, apply_ctf
 from cryoconf.imaging.forward import RenderWorkspace, render_noisy_images
 from cryoconf.imaging.noise import add_white_noise
@@ -107,6 +109,7 @@ def main() -> None:
         **base,
         "n_atoms": int(n_atoms),
         "projector": args.projector,
+        "projector_backend": "compiled" if (native_projector.available() and dev.type == "cpu") else "torch",
         "path": "unfused" if args.unfused else "fused",
         "pad_factor": args.pad_factor,
         "repeats": args.repeats,

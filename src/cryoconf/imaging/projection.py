@@ -28,6 +28,7 @@ import math
 import torch
 
 from cryoconf.errors import InputError
+from cryoconf.imaging import native_projector
 
 __all__ = ["project_gaussians", "rotate_coords"]
 
@@ -37,6 +38,7 @@ _ELEMENT_BUDGET = 6_000_000  # floats of working memory per chunk (a few MB: sta
 # outside the 6σ truncation) is replaced by e⁻⁴⁰, far below float precision. It keeps exp off its slow
 # underflow path (≈ 25× slower on x86) and products of two profiles out of the denormal range.
 _Z2_MAX = 40.0
+_NATIVE_CHUNK = 32  # particles per chunk when the compiled kernel projects
 
 
 def rotate_coords(coords_A: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
@@ -241,10 +243,11 @@ class _Prepared:
     """Validated projector inputs: centres (px), normalised amplitudes, σ (px) and the chunk plan."""
 
     __slots__ = ("cx", "cy", "amp", "sig_px", "box", "method", "bsz", "n", "chunk_size", "order",
-                 "sorted_needed", "atom_chunk")
+                 "sorted_needed", "atom_chunk", "native")
 
 
 def _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, shifts_A, method, chunk_size) -> _Prepared:
+    chunk_size_arg = chunk_size
     if method not in ("point", "pixel"):
         raise InputError(f"projector method {method!r} is unknown; use 'point' or 'pixel'")
     if box < 1 or apix_A <= 0:
@@ -280,6 +283,8 @@ def _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, 
         xy = xy + shifts_A[:, None, :]
     centre = xy / apix_A + (box // 2)
     cx, cy = centre[..., 0], centre[..., 1]
+    if not bool(torch.isfinite(centre.detach()).all()):
+        raise InputError("coordinates, rotations or shifts contain NaN or infinite values; fix the input structure/poses")
     sig_px = sig / apix_A
     uniform_sigma = bool((sig_px.detach() == sig_px.detach()[:, :1]).all())
     if uniform_sigma:
@@ -301,6 +306,11 @@ def _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, 
     p.order = torch.argsort(sig_px.detach().amax(1))
     p.sorted_needed = bsz > chunk_size and not bool((p.order == torch.arange(bsz, device=p.order.device)).all())
     p.atom_chunk = max(1, _ELEMENT_BUDGET // int(2.6 * s_max)) if chunk_size == 1 else n
+    # forward-only CPU work goes to the compiled kernel (same result; see native_projector.py)
+    p.native = native_projector.usable_for(cx, cy, amp, sig_px)
+    if p.native and chunk_size_arg is None:
+        # the kernel's only working memory is its images: larger chunks, fewer calls downstream
+        p.chunk_size = max(1, min(bsz, _NATIVE_CHUNK))
     return p
 
 
@@ -311,6 +321,9 @@ def _render_selection(p: _Prepared, sel, ws: dict | None) -> torch.Tensor:
     valid until the next call with the same ``ws``.
     """
     cxc, cyc, ac, sc = p.cx[sel], p.cy[sel], p.amp[sel], p.sig_px[sel]
+    if p.native:
+        out = _buffer(ws, "native", (cxc.shape[0], p.box, p.box), cxc)
+        return native_projector.project(cxc, cyc, ac, sc, p.box, p.method, out=out)
     img = None
     n = p.n
     for a0 in range(0, n, p.atom_chunk):
