@@ -1,0 +1,169 @@
+"""Image embedding networks S(I) for ``cryoconf sbi``, and their registry.
+
+Every embedding maps images (B, box, box) — already normalised — to features
+(B, out_features). Register your own with::
+
+    @register_embedding("mine")
+    class Mine(nn.Module):
+        def __init__(self, box: int, out_features: int = 256, **params): ...
+        def forward(self, images): ...   # (B, box, box) → (B, out_features)
+
+and select it with ``embedding: {name: mine, params: {...}}`` in the config. The
+constructor receives ``box`` (set by the trainer) and the config's ``params``; the
+module must expose ``out_features``.
+
+Built in:
+
+- ``resnet18``: ResNet-18 (He et al. 2016) for one-channel images: a 7×7 stride-2
+  stem convolution, 3×3 stride-2 max pooling, four stages of two BasicBlocks
+  (two 3×3 convolutions with batch norm and an identity or 1×1-projection shortcut),
+  widths w, 2w, 4w, 8w (stages 2–4 start with stride 2), global average pooling
+  and a linear layer to ``out_features`` (cryoSBI: w = 64, 256 outputs, ≈ 11.3 M parameters).
+- ``cnn``: a compact CNN that trains quickly on a CPU: a 5×5 stride-2 stem, then per
+  stage 2×2 max pooling and a 3×3 convolution (each with batch norm and ReLU), adaptive
+  average pooling to 4×4 and a two-layer MLP head.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from cryoconf.errors import InputError
+
+__all__ = ["register_embedding", "build_embedding", "available_embeddings", "ResNet18", "CompactCNN", "BasicBlock"]
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_embedding(name: str):
+    """Class decorator: make an embedding available under ``name`` (overrides an existing one)."""
+    if not isinstance(name, str) or not name:
+        raise InputError("register_embedding needs a non-empty name")
+
+    def deco(cls):
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_embeddings() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_embedding(name: str, **kwargs) -> nn.Module:
+    """Instantiate the embedding registered as ``name`` with ``kwargs`` (e.g. box, out_features)."""
+    if name not in _REGISTRY:
+        raise InputError(f"embedding '{name}' is not registered; available: {', '.join(available_embeddings())} "
+                         "(register your own with cryoconf.sbi.register_embedding)")
+    cls = _REGISTRY[name]
+    sig = inspect.signature(cls.__init__)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    if not accepts_any:
+        unknown = [k for k in kwargs if k not in sig.parameters]
+        if unknown:
+            allowed = [k for k in sig.parameters if k not in ("self", "box")]
+            raise InputError(f"config key 'embedding.params.{unknown[0]}' is unknown for embedding '{name}'; "
+                             f"its parameters are: {', '.join(allowed)}")
+    try:
+        net = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"embedding '{name}' cannot be built with {kwargs}: {exc}") from exc
+    if not hasattr(net, "out_features"):
+        raise InputError(f"embedding '{name}' must set an attribute out_features (its output size)")
+    return net
+
+
+def _as_batch(images: torch.Tensor) -> torch.Tensor:
+    return images.unsqueeze(1) if images.ndim == 3 else images
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with batch norm; identity shortcut, or 1×1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+@register_embedding("resnet18")
+class ResNet18(nn.Module):
+    """ResNet-18 for one-channel images: BasicBlocks [2, 2, 2, 2], widths w·(1, 2, 4, 8)."""
+
+    def __init__(self, box: int | None = None, out_features: int = 256, width: int = 64, in_channels: int = 1,
+                 blocks: tuple = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        if width < 1 or out_features < 1:
+            raise InputError(f"resnet18: width and out_features must be ≥ 1, got {width}, {out_features}")
+        self.out_features = out_features
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        stages, cin = [], width
+        for i, nblocks in enumerate(blocks):
+            cout = width * 2**i
+            layers = [BasicBlock(cin, cout, stride=1 if i == 0 else 2)]
+            layers += [BasicBlock(cout, cout) for _ in range(nblocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, out_features)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each residual branch
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(_as_batch(images)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_embedding("cnn")
+class CompactCNN(nn.Module):
+    """A small CNN for CPU training.
+
+    A 5×5 stride-2 stem convolution to ``channels[0]`` (halving the image at once keeps
+    the large early activations cheap), then per further entry of ``channels`` a 2×2
+    max pooling and a 3×3 convolution; every convolution is followed by batch norm and
+    ReLU. Adaptive average pooling to ``pool_size``² and a two-layer MLP head
+    (``hidden`` units) give ``out_features``.
+    """
+
+    def __init__(self, box: int | None = None, out_features: int = 256, channels: tuple = (16, 32, 64, 128),
+                 hidden: int = 256, pool_size: int = 4) -> None:
+        super().__init__()
+        if not channels or any(int(c) < 1 for c in channels):
+            raise InputError(f"cnn: channels must be a non-empty list of positive widths, got {channels}")
+        self.out_features = out_features
+        c0 = int(channels[0])
+        layers = [nn.Conv2d(1, c0, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True)]
+        cin = c0
+        for c in channels[1:]:
+            layers += [nn.MaxPool2d(2), nn.Conv2d(cin, int(c), 3, padding=1, bias=False), nn.BatchNorm2d(int(c)),
+                       nn.ReLU(inplace=True)]
+            cin = int(c)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.head = nn.Sequential(nn.Linear(cin * pool_size * pool_size, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, out_features))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(_as_batch(images)))
+        return self.head(torch.flatten(x, 1))

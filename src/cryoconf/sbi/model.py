@@ -1,0 +1,185 @@
+"""The trained object of ``cryoconf sbi``: embedding + bounded flow + what preprocessing needs.
+
+``SBIModel`` takes raw images (B, box, box), applies :func:`normalize_for_sbi`, embeds
+them and conditions the flow on the features. Checkpoints (``save``/``load``) hold the
+model's specification (enough to rebuild it without the template files), its weights,
+and optionally the full training config, optimiser state, step and RNG states.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cryoconf.errors import InputError
+from cryoconf.sbi.embeddings import build_embedding
+from cryoconf.sbi.posterior import BoundedFlow
+from cryoconf.sbi.simulator import normalize_for_sbi
+
+__all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "cryoconf-sbi/1"
+
+
+class SBIModel(nn.Module):
+    """Amortized posterior q(θ | I) for template matching.
+
+    Args:
+        box, apix_A: image size (px) and pixel size (Å/px) the model was trained for.
+        parameter_names: posterior dimensions, ``["theta", ...]``.
+        low, high: (D,) prior bounds of each dimension.
+        template_theta: (M,) the templates' θ (kept for downstream use).
+        embedding: name and params of a registered embedding.
+        flow: ``transforms``, ``hidden_features``, ``bins`` of the NSF.
+    """
+
+    def __init__(self, box: int, apix_A: float, parameter_names, low, high, template_theta,
+                 embedding: dict, flow: dict) -> None:
+        super().__init__()
+        self.spec = {
+            "box": int(box), "apix_A": float(apix_A), "parameter_names": list(parameter_names),
+            "low": [float(v) for v in low], "high": [float(v) for v in high],
+            "template_theta": [float(t) for t in template_theta],
+            "embedding": {"name": embedding["name"], "params": dict(embedding.get("params") or {})},
+            "flow": {"transforms": int(flow["transforms"]), "hidden_features": list(flow["hidden_features"]),
+                     "bins": int(flow["bins"])},
+            "normalization": "normalize_for_sbi: per-image zero mean, unit std over the box",
+        }
+        if len(self.spec["low"]) != len(self.spec["parameter_names"]):
+            raise InputError("SBIModel: one (low, high) bound per posterior parameter is needed")
+        params = dict(self.spec["embedding"]["params"])
+        params.setdefault("out_features", 256)
+        self.embedding = build_embedding(self.spec["embedding"]["name"], box=self.spec["box"], **params)
+        self.posterior = BoundedFlow(low, high, context=self.embedding.out_features, **self.spec["flow"])
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, template_theta, parameter_bounds) -> "SBIModel":
+        """Build from an :class:`~cryoconf.sbi.config.SBIConfig`; ``parameter_bounds`` (D, 2)."""
+        b = list(parameter_bounds)
+        return cls(config.image.box, config.image.apix_A, config.posterior.parameters, [x[0] for x in b],
+                   [x[1] for x in b], template_theta,
+                   {"name": config.embedding.name, "params": config.embedding.params},
+                   {"transforms": config.flow.transforms, "hidden_features": config.flow.hidden_features,
+                    "bins": config.flow.bins})
+
+    @property
+    def box(self) -> int:
+        return self.spec["box"]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return self.spec["parameter_names"]
+
+    @property
+    def bounds(self) -> torch.Tensor:
+        """(D, 2) prior bounds (low, high)."""
+        return torch.stack([self.posterior.low, self.posterior.high], dim=-1)
+
+    def _device(self) -> torch.device:
+        return self.posterior.low.device
+
+    def _check_images(self, images) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or images.shape[-2:] != (self.box, self.box):
+            raise InputError(f"images must have shape (B, {self.box}, {self.box}) for this model (box {self.box}), "
+                             f"got {tuple(images.shape)}; resample the particles to {self.box} px at "
+                             f"{self.spec['apix_A']:g} Å/px")
+        if not bool(torch.isfinite(images).all()):
+            raise InputError("images contain NaN or inf values; remove or repair those particles")
+        return images.to(self._device(), torch.float32)
+
+    # -- the three operations ---------------------------------------------------------
+    def embed(self, images) -> torch.Tensor:
+        """Features S(I) (B, F) of raw images (B, box, box) (normalised here)."""
+        return self.embedding(normalize_for_sbi(self._check_images(images)))
+
+    def _theta(self, theta, batch: int) -> torch.Tensor:
+        t = torch.as_tensor(theta, device=self._device(), dtype=torch.float32)
+        d = len(self.parameter_names)
+        if t.ndim == 1 and d == 1 and t.shape[0] == batch:
+            t = t[:, None]
+        if t.ndim < 2 or t.shape[-1] != d or t.shape[-2] != batch:
+            raise InputError(f"theta must have shape (..., {batch}, {d}) (or ({batch},) for one parameter), "
+                             f"got {tuple(t.shape)}")
+        return t
+
+    def log_prob(self, theta, images) -> torch.Tensor:
+        """log q(θ | I): θ (…, B, D) (or (B,) when D = 1), images (B, box, box) → (…, B)."""
+        context = self.embed(images)
+        return self.posterior.log_prob(self._theta(theta, context.shape[0]), context)
+
+    def forward(self, theta, images) -> torch.Tensor:  # what DistributedDataParallel calls
+        return self.log_prob(theta, images)
+
+    @torch.no_grad()
+    def sample(self, images, n: int, *, batch_size: int | None = None, max_elements: int = 2**22) -> torch.Tensor:
+        """``n`` posterior samples per image: (n, B, D), each inside the prior bounds.
+
+        Images are processed in chunks so that at most ``max_elements`` samples (n × chunk)
+        are drawn at once (``batch_size`` fixes the chunk instead). Runs in eval mode.
+        """
+        images = self._check_images(images)
+        if n < 1:
+            raise InputError(f"number of samples must be ≥ 1, got {n}")
+        was_training = self.training
+        self.eval()
+        try:
+            chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
+            out = []
+            for s in range(0, images.shape[0], chunk):
+                ctx = self.embed(images[s:s + chunk])
+                out.append(self.posterior.sample(n, ctx))
+            return torch.cat(out, dim=1)
+        finally:
+            self.train(was_training)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self, **extra) -> dict:
+        """The checkpoint dictionary: format, spec, weights, plus ``extra`` entries."""
+        return {"format": CHECKPOINT_FORMAT, "spec": self.spec, "model_state": self.state_dict(), **extra}
+
+    def save(self, path, *, config=None, optimizer=None, step: int | None = None, rng: dict | None = None,
+             **extra) -> Path:
+        """Write a checkpoint atomically (config dict, optimiser state, step and RNG states optional)."""
+        from cryoconf.rundir import atomic_torch_save
+
+        state = self.checkpoint(
+            config=config.to_dict() if hasattr(config, "to_dict") else config,
+            optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+            step=step, rng=rng, **extra)
+        return atomic_torch_save(state, path)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "SBIModel":
+        spec = state["spec"]
+        model = cls(spec["box"], spec["apix_A"], spec["parameter_names"], spec["low"], spec["high"],
+                    spec["template_theta"], spec["embedding"], spec["flow"])
+        model.load_state_dict(state["model_state"])
+        return model
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "SBIModel":
+        """Rebuild a model from a checkpoint written by :meth:`save` (or by training)."""
+        return cls.from_checkpoint(load_checkpoint(path, map_location))
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read an SBI checkpoint dict, checking its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found; give a checkpoint.N.pt or a run directory with --load latest")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot be read as a checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a cryoconf sbi checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+    return state
+
+

@@ -1,0 +1,344 @@
+"""Neural posterior estimation for ``cryoconf sbi train``: the training loop.
+
+Each step simulates a fresh batch (θ, φ) ~ prior, I ~ simulator on the training
+device, and minimises −log q(θ | S(I)) (embedding and flow jointly) with AdamW and
+gradient-norm clipping. A fixed held-out set of simulated particles (its own seed,
+stored as ``validation.pt`` in the run directory) gives the validation loss every
+``validation_interval`` steps. Checkpoints every ``checkpoint_interval`` steps hold
+the config, weights, optimiser state, step and every random state — the simulator's
+CPU ``torch.Generator`` (one per rank) and the global torch/numpy/python RNGs — so
+``--load latest`` continues bit-for-bit (on the CPU) as if never interrupted.
+
+Multi-GPU: launched with ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel, each rank simulates its own batches from a rank-offset
+seed, and rank 0 writes the run directory. The same code runs on one CPU without torchrun.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cryoconf.errors import InputError
+from cryoconf.rundir import (
+    LossCurve, capture_rng_state, list_checkpoints, prepare_run_dir, resolve_checkpoint, restore_rng_state,
+    run_log, save_checkpoint, write_config,
+)
+from cryoconf.sbi.config import EXTRA_PARAMETERS, SBIConfig
+from cryoconf.sbi.model import SBIModel, load_checkpoint
+from cryoconf.sbi.simulator import SBISimulator
+
+__all__ = ["train_sbi", "TrainResult", "posterior_targets", "parameter_bounds", "simulation_seed",
+           "VALIDATION_FILE"]
+
+log = logging.getLogger("cryoconf.sbi")
+
+VALIDATION_FILE = "validation.pt"
+# config keys that may change between a checkpoint and its resumption
+_RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_interval"), ("training", "validation_interval")}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: SBIModel
+    step: int
+    train_losses: list = field(default_factory=list)       # (step, loss) of the steps run in this call
+    validation_losses: list = field(default_factory=list)  # (step, loss)
+    timings: dict = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def simulation_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s training simulator (distinct streams per rank)."""
+    return (int(seed) * 1_000_003 + 7919 * (rank + 1)) % 2**63
+
+
+def _validation_seed(seed: int) -> int:
+    return (int(seed) * 1_000_003 + 104_729) % 2**63 + 1
+
+
+def parameter_bounds(config: SBIConfig, simulator: SBISimulator) -> list[tuple[float, float]]:
+    """(low, high) of each posterior dimension: θ from the template prior, the others from their priors."""
+    out = [(simulator.template_prior.low, simulator.template_prior.high)]
+    for name in config.posterior.parameters[1:]:
+        out.append(simulator.nuisance_prior.bounds(name))
+    return out
+
+
+def posterior_targets(params: dict, names: list[str]) -> torch.Tensor:
+    """(n, D) float32 posterior targets from simulated ``params`` (θ, log10_snr, defocus_A, …)."""
+    cols = []
+    for name in names:
+        if name != "theta" and name not in EXTRA_PARAMETERS:
+            raise InputError(f"unknown posterior parameter {name!r}")
+        cols.append(params[name])
+    return torch.stack(cols, dim=-1).float()
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, 0
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_device(device, local_rank: int) -> torch.device:
+    name = device or "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise InputError(f"--device {name}: use cpu or cuda")
+    return dev
+
+
+def _config_differences(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if (section, key) in _RESUMABLE_CHANGES:
+                continue
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+    return diffs
+
+
+def _validation_set(run_dir: Path, config: SBIConfig, simulator: SBISimulator, rank: int, world: int):
+    """Load or simulate (once, fixed seed) the held-out particles; rank 0 writes them."""
+    path = run_dir / VALIDATION_FILE
+    key = {"seed": config.training.seed, "size": config.training.validation_size,
+           "config": {k: v for k, v in config.to_dict().items() if k in ("templates", "image", "priors")},
+           "parameters": config.posterior.parameters}
+    if path.exists():
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        if data.get("key") == key:
+            return data["images"], data["targets"]
+        log.info("%s was simulated for another config; simulating it again", path)
+    g = torch.Generator().manual_seed(_validation_seed(config.training.seed))
+    n, bs = config.training.validation_size, config.training.batch_size
+    images, targets = [], []
+    for s in range(0, n, bs):
+        params, imgs = simulator.simulate(min(bs, n - s), g)
+        images.append(imgs.cpu())
+        targets.append(posterior_targets(params, config.posterior.parameters))
+    images, targets = torch.cat(images), torch.cat(targets)
+    if rank == 0:
+        from cryoconf.rundir import atomic_torch_save
+
+        atomic_torch_save({"key": key, "images": images, "targets": targets}, path)
+    return images, targets
+
+
+@torch.no_grad()
+def _validation_loss(model: SBIModel, images, targets, device, batch: int) -> float:
+    was = model.training
+    model.eval()
+    total = 0.0
+    for s in range(0, images.shape[0], batch):
+        lp = model.log_prob(targets[s:s + batch].to(device), images[s:s + batch].to(device))
+        total += float(-lp.double().sum())
+    model.train(was)
+    return total / images.shape[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = None, steps: int | None = None,
+              seed: int | None = None, progress: bool = True, simulator: SBISimulator | None = None) -> TrainResult:
+    """Train (or resume) an SBI posterior; returns the model and its loss history.
+
+    Args:
+        config: validated :class:`SBIConfig`.
+        run_dir: the run directory (created; must hold no checkpoints unless ``load``).
+        load: None, ``"latest"`` (newest checkpoint of ``run_dir``) or a checkpoint path.
+        device: ``cpu`` (default) or ``cuda``.
+        steps: total number of optimiser steps (overrides ``training.steps``).
+        seed: overrides ``training.seed``.
+        simulator: a prebuilt :class:`SBISimulator` (default: built from ``config``).
+    """
+    if steps is not None:
+        config.training.steps = int(steps)
+    if seed is not None:
+        config.training.seed = int(seed)
+    config.validate()
+    tc = config.training
+    world, rank, local_rank = _dist_info()
+    dev = _resolve_device(device, local_rank)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    run_dir = Path(run_dir)
+    ckpt_path = resolve_checkpoint(load, run_dir)
+    if rank == 0:
+        prepare_run_dir(run_dir, resume=ckpt_path is not None)
+    if world > 1:
+        torch.distributed.barrier()
+
+    with run_log(run_dir) if rank == 0 else _null():
+        state = None
+        if ckpt_path is not None:
+            state = load_checkpoint(ckpt_path, map_location="cpu")
+            diffs = _config_differences(state.get("config") or {}, config.to_dict())
+            if diffs:
+                raise InputError(f"--load {ckpt_path}: the config differs from the checkpoint's in "
+                                 + "; ".join(diffs) + ". Use the run's config.yaml (only training.steps and the "
+                                 "intervals may change)")
+        if rank == 0:
+            write_config(run_dir, config.to_dict())
+        if simulator is None:
+            simulator = SBISimulator.from_config(config, device=dev)
+        bounds = parameter_bounds(config, simulator)
+        torch.manual_seed(tc.seed)
+        model = SBIModel.from_config(config, simulator.template_prior.theta, bounds).to(dev)
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        generator = torch.Generator().manual_seed(simulation_seed(tc.seed, rank))
+        start = 0
+        if state is not None:
+            model.load_state_dict(state["model_state"])
+            if state.get("optimizer_state") is not None:
+                optimizer.load_state_dict(state["optimizer_state"])
+            start = int(state["step"])
+            gens = state.get("sim_generator_states") or []
+            if len(gens) != world:
+                raise InputError(f"--load {ckpt_path}: written by {len(gens)} process(es), resumed with {world}; "
+                                 "resume with the same number of processes for an exact continuation")
+            generator.set_state(gens[rank])
+            restore_rng_state((state.get("rng") or [None] * world)[rank] if isinstance(state.get("rng"), list)
+                              else state.get("rng"))
+            log.info("resumed from %s at step %d", ckpt_path, start)
+        if rank == 0:
+            log.info("templates: %d, θ prior [%.4g, %.4g]; posterior over %s; embedding %s (%d parameters), "
+                     "flow %d parameters; device %s, %d process(es)", len(simulator.template_prior),
+                     bounds[0][0], bounds[0][1], config.posterior.parameters, config.embedding.name,
+                     sum(p.numel() for p in model.embedding.parameters()),
+                     sum(p.numel() for p in model.posterior.parameters()), dev, world)
+
+        val_images, val_targets = _validation_set(run_dir, config, simulator, rank, world)
+        curve = LossCurve(run_dir, ["train_loss", "val_loss"])
+        if rank == 0 and state is not None:
+            curve.truncate_after(start)
+
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+        result = TrainResult(run_dir=run_dir, model=model, step=start)
+        sim_s = net_s = 0.0
+        n_timed = 0
+        t_begin = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, initial=start, unit="step", desc="sbi train", disable=not progress or rank != 0)
+        model.train()
+        last_ckpt = None
+        recent: list[float] = []
+        for step in range(start, tc.steps):
+            t0 = time.perf_counter()
+            params, images = simulator.simulate(tc.batch_size, generator)
+            targets = posterior_targets(params, config.posterior.parameters).to(dev)
+            _sync(dev)
+            t1 = time.perf_counter()
+            loss = -net(targets, images).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+            lv = float(loss.detach())
+            if math.isfinite(lv):
+                optimizer.step()
+            else:
+                log.warning("step %d: non-finite loss (%s); update skipped", step + 1, lv)
+            _sync(dev)
+            t2 = time.perf_counter()
+            sim_s += t1 - t0
+            net_s += t2 - t1
+            n_timed += 1
+            done = step + 1
+            result.train_losses.append((done, lv))
+            recent.append(lv)
+            if rank == 0:
+                curve.add(done, train_loss=lv)
+            bar.update(1)
+            if done % tc.validation_interval == 0 or done == tc.steps:
+                vl = _validation_loss(model, val_images, val_targets, dev, tc.batch_size)
+                result.validation_losses.append((done, vl))
+                if rank == 0:
+                    curve.add(done, val_loss=vl)
+                    curve.flush()
+                    log.info("step %d: train loss %.4f (mean of last %d), validation loss %.4f; "
+                             "%.1f ms simulation + %.1f ms network per batch", done, sum(recent) / len(recent),
+                             len(recent), vl, 1e3 * sim_s / n_timed, 1e3 * net_s / n_timed)
+                recent = []
+                bar.set_postfix(loss=f"{lv:.3f}", val=f"{vl:.3f}")
+            if done % tc.checkpoint_interval == 0 or done == tc.steps:
+                last_ckpt = _checkpoint(run_dir, model, optimizer, config, done, generator, world, rank)
+                if rank == 0:
+                    curve.flush()
+        bar.close()
+        elapsed = time.perf_counter() - t_begin
+        result.step = max(start, tc.steps)
+        if rank == 0:
+            curve.flush()
+            curve.plot(title=f"cryoconf sbi: {run_dir.name}")
+            if last_ckpt is None and not list_checkpoints(run_dir):
+                last_ckpt = _checkpoint(run_dir, model, optimizer, config, result.step, generator, world, rank)
+        ran = tc.steps - start
+        result.checkpoint = last_ckpt
+        result.timings = {
+            "steps": max(ran, 0), "seconds": elapsed, "steps_per_s": ran / elapsed if ran > 0 and elapsed > 0 else 0.0,
+            "simulation_ms_per_batch": 1e3 * sim_s / max(n_timed, 1),
+            "network_ms_per_batch": 1e3 * net_s / max(n_timed, 1),
+        }
+        if rank == 0 and ran > 0:
+            log.info("trained %d steps in %.1f s (%.2f steps/s); %.1f ms simulation, %.1f ms network per batch",
+                     ran, elapsed, result.timings["steps_per_s"], result.timings["simulation_ms_per_batch"],
+                     result.timings["network_ms_per_batch"])
+    return result
+
+
+def _checkpoint(run_dir, model, optimizer, config, step, generator, world, rank):
+    gen_state = generator.get_state()
+    rng = capture_rng_state()
+    if world > 1:
+        import torch.distributed as dist
+
+        gens, rngs = [None] * world, [None] * world
+        dist.all_gather_object(gens, gen_state)
+        dist.all_gather_object(rngs, rng)
+    else:
+        gens, rngs = [gen_state], rng
+    if rank != 0:
+        return None
+    state = model.checkpoint(config=config.to_dict(), optimizer_state=optimizer.state_dict(), step=int(step),
+                             rng=rngs, sim_generator_states=gens)
+    path = save_checkpoint(run_dir, step, state)
+    log.info("checkpoint %s", path)
+    return path
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

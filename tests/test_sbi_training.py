@@ -1,0 +1,307 @@
+"""cryoconf sbi: config validation, priors, embeddings, the bounded flow, NPE training and exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cryoconf.errors import InputError
+from cryoconf.sbi import (
+    SBIConfig, SBIModel, SBISimulator, TemplatePrior, build_embedding, load_config, normalize_for_sbi,
+    register_embedding, train_sbi,
+)
+from cryoconf.sbi.embeddings import ResNet18
+from cryoconf.structure import Conformations, Structure, save_conformations
+
+
+def _topology(coords):
+    n = coords.shape[0]
+    return Structure(coords_A=coords, atom_names=["CA"] * n, residue_names=["ALA"] * n,
+                     residue_numbers=np.arange(1, n + 1), chain_ids=["A"] * n, amplitudes_e=np.ones(n),
+                     sigmas_A=np.full(n, 1.5), residue_index=np.arange(n), chain_breaks=np.r_[True, np.zeros(n - 1, bool)])
+
+
+@pytest.fixture(scope="module")
+def toy_ensemble(tmp_path_factory):
+    """Two distinct 40-pseudo-atom structures, told apart from every view: a compact ball
+    (radius 9 Å) and a dumbbell of two balls (radius 6 Å, centres 24 Å apart); θ = 0 and 1."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(40, 3))
+    d *= (rng.uniform(size=(40, 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
+    a = 9.0 * d
+    b = 6.0 * d
+    b[:20, 0] -= 12.0
+    b[20:, 0] += 12.0
+    path = tmp_path_factory.mktemp("toy") / "toy.npz"
+    save_conformations(path, Conformations(topology=_topology(a), coords_A=np.stack([a, b]), theta=np.array([0.0, 1.0])))
+    return path
+
+
+def _config(path, **training) -> SBIConfig:
+    tr = {"batch_size": 64, "steps": 150, "validation_size": 128, "validation_interval": 50,
+          "checkpoint_interval": 75, "lr": 1e-3, "seed": 3}
+    tr.update(training)
+    return SBIConfig.from_dict({
+        "templates": {"path": str(path), "amplitudes": "equal"},
+        "image": {"box": 32, "apix_A": 2.0},
+        "priors": {"sigma_A": [1.5, 2.5], "defocus_A": [10000, 15000], "snr": 1e30, "bfactor_A2": 0},
+        "embedding": {"name": "cnn", "params": {"channels": [8, 16, 32], "hidden": 64, "out_features": 32}},
+        "flow": {"transforms": 2, "hidden_features": [32, 32], "bins": 8},
+        "training": tr,
+    })
+
+
+# -- training on the two-template toy -------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(toy_ensemble, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "toy_run"
+    return _config(toy_ensemble), train_sbi(_config(toy_ensemble), run, progress=False)
+
+
+def test_loss_decreases_and_posterior_finds_template(trained):
+    config, res = trained
+    losses = np.array([v for _, v in res.train_losses])
+    assert losses[-40:].mean() < 0.5 * losses[:20].mean()
+    assert res.validation_losses[-1][1] < res.validation_losses[0][1]
+    # run directory
+    for name in ("config.yaml", "run.log", "loss.csv", "loss.png", "validation.pt", "checkpoint.75.pt",
+                 "checkpoint.150.pt"):
+        assert (res.run_dir / name).exists(), name
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["image"]["box"] == 32
+    # noise-free images of each template: > 90 % of the posterior mass in its θ cell
+    sim = SBISimulator.from_config(config)
+    g = torch.Generator().manual_seed(123)
+    params, images = sim.simulate(200, g)
+    model = SBIModel.load(res.checkpoint)
+    samples = model.sample(images, 200)  # (200, 200, 1)
+    true_cell = params["theta"] > 0.5
+    in_cell = (samples[..., 0] > 0.5) == true_cell[None]
+    assert in_cell.float().mean() > 0.9
+    assert samples.min() >= -0.5 and samples.max() <= 1.5
+
+
+def test_log_prob_is_a_density_on_the_prior_range(trained):
+    _, res = trained
+    model = res.model.eval()
+    images = torch.randn(3, 32, 32)
+    grid = torch.linspace(-0.5, 1.5, 4001)[1:-1]
+    with torch.no_grad():
+        lp = model.log_prob(grid[:, None, None].expand(-1, 3, 1), images)  # (G, 3)
+    integral = torch.trapezoid(lp.exp(), grid, dim=0)
+    assert torch.allclose(integral, torch.ones(3), atol=0.03), integral
+
+
+# -- the prior ------------------------------------------------------------------------------
+def test_template_prior_equal_mass():
+    even = TemplatePrior([0.0, 1.0, 2.0, 3.0])
+    assert (even.low, even.high) == (-0.5, 3.5)
+    uneven = TemplatePrior([3.0, 0.0, 1.0])  # any order; spacings 1 and 2
+    assert np.allclose(uneven.cell_bounds(), [[2.0, 4.0], [-0.5, 0.5], [0.5, 2.0]])
+    g = torch.Generator().manual_seed(0)
+    theta, idx = uneven.sample(30000, g)
+    counts = np.bincount(idx.numpy(), minlength=3) / 30000
+    assert np.allclose(counts, 1 / 3, atol=0.015)
+    assert torch.equal(uneven.nearest(theta), idx)
+    assert theta.min() >= uneven.low and theta.max() <= uneven.high
+    with pytest.raises(InputError, match="distinct"):
+        TemplatePrior([0.0, 1.0, 1.0])
+    with pytest.raises(InputError, match="at least 2"):
+        TemplatePrior([0.0])
+
+
+# -- bounded samples, also untrained with extreme inputs ----------------------------------------
+def test_untrained_samples_stay_in_prior_range():
+    torch.manual_seed(0)
+    model = SBIModel(32, 2.0, ["theta", "log10_snr"], [-1.0, -3.0], [2.0, 0.0], [-0.5, 1.5],
+                     {"name": "cnn", "params": {"channels": [4, 8], "hidden": 16, "out_features": 8}},
+                     {"transforms": 1, "hidden_features": [16], "bins": 4})
+    images = torch.cat([torch.randn(2, 32, 32) * 1e12, torch.full((1, 32, 32), 3e30), torch.zeros(1, 32, 32),
+                        torch.randn(1, 32, 32) * 1e-30])
+    s = model.sample(images, 500, batch_size=2)
+    assert s.shape == (500, 5, 2)
+    assert torch.isfinite(s).all()
+    assert (s[..., 0] >= -1).all() and (s[..., 0] <= 2).all()
+    assert (s[..., 1] >= -3).all() and (s[..., 1] <= 0).all()
+    # extreme flow outputs map into the range too
+    z = torch.tensor([[-1e4, 1e4], [-40.0, 40.0]])
+    b = model.posterior.to_bounded(z)
+    assert (b[:, 0] >= -1).all() and (b[:, 0] <= 2).all() and (b[:, 1] >= -3).all() and (b[:, 1] <= 0).all()
+    with pytest.raises(InputError, match="NaN"):
+        model.sample(torch.full((1, 32, 32), float("nan")), 2)
+    with pytest.raises(InputError, match="box 32"):
+        model.sample(torch.zeros(1, 16, 16), 2)
+
+
+def test_normalize_for_sbi():
+    x = torch.randn(4, 16, 16) * 7 + 3
+    y = normalize_for_sbi(x)
+    assert torch.allclose(y.mean(dim=(-2, -1)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.pow(2).mean(dim=(-2, -1)), torch.ones(4), atol=1e-4)
+    assert torch.equal(normalize_for_sbi(torch.ones(1, 8, 8)), torch.zeros(1, 8, 8))
+
+
+# -- exact resume -------------------------------------------------------------------------------
+def test_resume_is_exact(toy_ensemble, tmp_path):
+    def cfg():
+        return _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=3)
+
+    straight = train_sbi(cfg(), tmp_path / "a", steps=6, progress=False)
+    first = train_sbi(cfg(), tmp_path / "b", steps=3, progress=False)
+    resumed = train_sbi(cfg(), tmp_path / "b", steps=6, load="latest", progress=False)
+    assert first.train_losses == straight.train_losses[:3]
+    assert resumed.train_losses == straight.train_losses[3:]
+    assert resumed.validation_losses == [v for v in straight.validation_losses if v[0] > 3]
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    rows = [r.split(",") for r in (tmp_path / "b" / "loss.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows if r[1]] == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were not duplicated
+    assert [int(r[0]) for r in rows if r[2]] == [2, 3, 4, 6]  # validation every 2 steps and at the end of each call
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        train_sbi(cfg(), tmp_path / "b", steps=8, progress=False)
+    changed = cfg()
+    changed.training.lr = 0.01
+    with pytest.raises(InputError, match="training.lr"):
+        train_sbi(changed, tmp_path / "b", steps=8, load="latest", progress=False)
+
+
+def test_cli_train_and_resume(toy_ensemble, tmp_path):
+    from cryoconf.cli.main import main
+
+    data = _config(toy_ensemble, batch_size=8, validation_size=8, checkpoint_interval=1).to_dict()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r"), "--steps", "1", "--no-progress"]) == 0
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r"), "--steps", "2", "--load", "latest",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "r" / "checkpoint.2.pt").exists()
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r2"), "--load", "latest", "--no-progress"]) == 2
+
+
+# -- config validation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("patch, match", [
+    ({"priors": {"snr": [-1, 1]}}, r"priors\.snr.*> 0"),
+    ({"priors": {"defocus_A": [20000, 5000]}}, r"priors\.defocus_A.*min ≤ max"),
+    ({"priors": {"sigma": [1, 2]}}, r"'priors\.sigma' is unknown.*sigma_A"),
+    ({"priors": {"amplitude_contrast": [0.1, 1.0]}}, r"amplitude_contrast.*< 1"),
+    ({"image": {"box": 33, "apix_A": 2.0}}, r"image\.box.*even"),
+    ({"image": {"box": 32, "apix_A": "x"}}, r"image\.apix_A.*Å/px"),
+    ({"training": {"batch_size": 0}}, r"training\.batch_size.*≥ 1"),
+    ({"training": {"optimizer": "sgd"}}, r"training\.optimizer.*adamw"),
+    ({"embedding": {"name": "nope"}}, r"embedding\.name.*cnn"),
+    ({"posterior": {"parameters": ["theta", "log10_snr"]}, "priors": {"snr": 0.1}}, r"log10_snr.*min < max"),
+    ({"flow": {"hidden_features": "big"}}, r"flow\.hidden_features"),
+    ({"extra": {}}, r"'extra' is unknown"),
+])
+def test_config_errors(toy_ensemble, patch, match):
+    data = _config(toy_ensemble).to_dict()
+    for section, values in patch.items():
+        data.setdefault(section, {})
+        data[section] = {**data[section], **values}
+    with pytest.raises(InputError, match=match):
+        SBIConfig.from_dict(data)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text("image: {box: 32, apix_A: 2}\n")
+    with pytest.raises(InputError, match="'templates' is missing"):
+        load_config(p)
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("sbi_hsp90_box64.yaml", "sbi_hsp90_box128.yaml"):
+        c = load_config(root / name)
+        assert c.training.lr == 3e-4 and c.training.batch_size == 256 and c.training.clip_grad_norm == 5.0
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+def test_registry_and_custom_embedding(toy_ensemble):
+    @register_embedding("test_linear")
+    class Linear(torch.nn.Module):
+        def __init__(self, box, out_features=8):
+            super().__init__()
+            self.out_features = out_features
+            self.lin = torch.nn.Linear(box * box, out_features)
+
+        def forward(self, images):
+            return self.lin(images.flatten(1))
+
+    net = build_embedding("test_linear", box=32, out_features=5)
+    assert net(torch.zeros(2, 32, 32)).shape == (2, 5)
+    data = _config(toy_ensemble).to_dict()
+    data["embedding"] = {"name": "test_linear", "params": {"out_features": 6}}
+    cfg = SBIConfig.from_dict(data)
+    model = SBIModel.from_config(cfg, [0.0, 1.0], [(-0.5, 1.5)])
+    assert model.embed(torch.randn(3, 32, 32)).shape == (3, 6)
+    with pytest.raises(InputError, match="embedding.params.width"):
+        build_embedding("test_linear", box=32, width=3)
+    with pytest.raises(InputError, match="not registered"):
+        build_embedding("missing")
+
+
+def test_resnet18_shape_and_size():
+    net = ResNet18(box=64, out_features=256, width=64)
+    n = sum(p.numel() for p in net.parameters())
+    assert 11.0e6 < n < 11.5e6, n  # torchvision's 11.69 M minus 2 input channels and the 1000-class head, + 256 outputs
+    assert net(torch.randn(2, 64, 64)).shape == (2, 256)
+    small = build_embedding("resnet18", box=32, width=8, out_features=16)
+    assert small(torch.randn(3, 32, 32)).shape == (3, 16)
+
+
+# -- inference and calibration with the trained toy model ---------------------------------------
+def _trained_model(trained):
+    from cryoconf.rundir import resolve_checkpoint
+
+    _, result = trained
+    return SBIModel.load(resolve_checkpoint("latest", result.run_dir)), result.run_dir
+
+
+def test_infer_recovers_templates_of_simulated_particles(trained, toy_ensemble, tmp_path):
+    """Particles written by `cryoconf simulate` go through the full reading/resampling path."""
+    from cryoconf.cli.main import main
+    from cryoconf.data import read_metadata
+    from cryoconf.sbi.inference import infer_dataset
+
+    model, _ = _trained_model(trained)
+    parts = tmp_path / "parts"
+    assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "24", "--box", "32", "--apix", "2.0",
+                 "--snr", "inf", "--defocus", "10000", "15000", "--no-progress"]) == 0
+    result = infer_dataset(model, parts / "particles.star", tmp_path / "inf", whiten=False, n_samples=400,
+                           progress=False)
+    truth = np.load(parts / "truth.npz")["conformation"]
+    assert (result.summary.template_index == truth).mean() >= 0.8
+    lo, hi = model.bounds[0].tolist()
+    assert np.all(result.summary.quantiles["Q2p5"] >= lo) and np.all(result.summary.quantiles["Q97p5"] <= hi)
+    md = read_metadata(tmp_path / "inf" / "particles_sbi.star")
+    np.testing.assert_allclose(md.extra["rlnDefocusU"].astype(float), read_metadata(parts / "particles.star").defocus_u_A)
+    np.testing.assert_allclose(md.extra["cryoconfThetaMean"].astype(float), result.summary.mean[:, 0], rtol=1e-5)
+    for name in ("posterior.npz", "posterior.csv", "posterior_examples.png", "posterior_means.png"):
+        assert (tmp_path / "inf" / name).stat().st_size > 0
+
+
+def test_cli_infer_with_whitening_and_calibrate(trained, toy_ensemble, tmp_path):
+    import json
+
+    from cryoconf.cli.main import main
+
+    _, run_dir = _trained_model(trained)
+    parts = tmp_path / "parts"
+    assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "16", "--box", "64", "--apix", "1.0",
+                 "--snr", "0.5", "--defocus", "10000", "15000", "--no-progress"]) == 0  # resampled to 32 px at 2 Å
+    assert main(["sbi", "infer", str(run_dir), str(parts / "particles.star"), "-o", str(tmp_path / "inf"),
+                 "--samples", "200", "--no-progress"]) == 0
+    summary = np.load(tmp_path / "inf" / "posterior.npz")
+    assert all(np.isfinite(summary[k]).all() for k in summary.files if summary[k].dtype.kind == "f")
+    assert (tmp_path / "inf" / "noise_psd.npz").exists()
+    assert main(["sbi", "calibrate", str(run_dir), "-o", str(tmp_path / "cal"), "-n", "64", "--samples", "100",
+                 "--snr", "1e30", "--tolerance", "0.5"]) == 0
+    metrics = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert metrics["n_particles"] == 64 and 0 <= metrics["coverage_68"] <= 1
+    assert metrics["fraction_within_tolerance"] > 0.6  # inside the true template's cell; the prior alone gives 0.5
