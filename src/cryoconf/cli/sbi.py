@@ -152,10 +152,110 @@ def run_calibrate(args) -> int:
     return 0
 
 
+def _register_scan(sub) -> None:
+    p = sub.add_parser("scan", help="posterior mean and width over a micrograph (sliding windows)",
+                       description="Cut windows covering the model's field of view every --stride pixels, "
+                       "resample, whiten (noise PSD from the micrograph) and normalise them as in training, and "
+                       "map the posterior mean and width of θ over the micrograph. Writes "
+                       "OUTDIR/posterior_mean_map.npy, posterior_width_map.npy, scan_grid.npz and scan.png.",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    p.add_argument("micrograph", metavar="MICROGRAPH.mrc", help="a 2D micrograph")
+    p.add_argument("-o", "--outdir", required=True, help="output directory")
+    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
+    p.add_argument("--apix", type=float, default=None, help="micrograph pixel size (Å/px; default: its header)")
+    p.add_argument("--window", type=int, default=None,
+                   help="window size (micrograph px; default: the model's box × pixel size)")
+    p.add_argument("--stride", type=int, default=16, help="step between windows (micrograph px)")
+    p.add_argument("--samples", type=int, default=500, help="posterior samples per window")
+    p.add_argument("--batch-size", type=int, default=256, help="windows per batch")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_scan)
+
+
+def run_scan(args) -> int:
+    from cryoconf.sbi.scan import read_micrograph, save_scan, scan_micrograph
+
+    model = _load_model(args.run, args.load, args.device)
+    micrograph, apix = read_micrograph(args.micrograph, args.apix)
+    result = scan_micrograph(model, micrograph, apix, stride=args.stride, window_px=args.window,
+                             n_samples=args.samples, batch_size=args.batch_size, progress=not args.no_progress)
+    save_scan(result, micrograph, args.outdir)
+    print(f"scanned {result.mean.size} windows; maps in {args.outdir}")
+    return 0
+
+
+def _register_mmd(sub) -> None:
+    p = sub.add_parser("mmd", help="MMD test between two sets of particles in the embedding space",
+                       description="Compare the embeddings of two particle sets with the maximum mean "
+                       "discrepancy (Gaussian kernel, median-heuristic bandwidth, bootstrapped subsets and a "
+                       "permutation p-value). A set is a particle file (.star/.cs/.mrcs), or `sim:SEED` "
+                       "(fresh simulations from the run's priors) or `sim-noctf:SEED` (the same without CTF). "
+                       "Writes OUTDIR/mmd.json and an embedding plot (UMAP with the optional umap-learn, else PCA).",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    p.add_argument("set_a", metavar="A", help="particles file, sim:SEED or sim-noctf:SEED")
+    p.add_argument("set_b", metavar="B", help="particles file, sim:SEED or sim-noctf:SEED")
+    p.add_argument("-o", "--outdir", required=True, help="output directory")
+    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
+    p.add_argument("-n", "--n-per-set", type=int, default=10_000, help="particles per set (bootstrap subset size)")
+    p.add_argument("--trials", type=int, default=100, help="bootstrap trials")
+    p.add_argument("--permutations", type=int, default=100, help="permutations for the p-value")
+    p.add_argument("--datadir", default=None, help="folder holding the image stacks")
+    p.add_argument("--plot", choices=["umap", "pca", "none"], default="umap", help="embedding plot")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.set_defaults(func=run_mmd)
+
+
+def _embeddings(spec: str, model, run: str, n: int, datadir, device):
+    from pathlib import Path
+
+    from cryoconf.errors import InputError
+    from cryoconf.sbi.config import load_config
+    from cryoconf.sbi.latent import embed_particles, embed_simulated
+    from cryoconf.sbi.simulator import SBISimulator
+
+    if spec.startswith(("sim:", "sim-noctf:")):
+        kind, _, seed = spec.partition(":")
+        try:
+            seed = int(seed)
+        except ValueError:
+            raise InputError(f"{spec}: write sim:SEED or sim-noctf:SEED with an integer seed") from None
+        simulator = SBISimulator.from_config(load_config(Path(run) / "config.yaml"), device=device)
+        return embed_simulated(model, simulator, n, seed=seed, ctf=kind == "sim")
+    return embed_particles(model, spec, datadir=datadir, max_particles=n)
+
+
+def run_mmd(args) -> int:
+    import json
+    from pathlib import Path
+
+    from cryoconf.sbi.mmd import mmd_test, plot_embeddings
+
+    model = _load_model(args.run, args.load, args.device)
+    a = _embeddings(args.set_a, model, args.run, args.n_per_set, args.datadir, args.device)
+    b = _embeddings(args.set_b, model, args.run, args.n_per_set, args.datadir, args.device)
+    result = mmd_test(a, b, n_per_set=min(args.n_per_set, len(a), len(b)), n_trials=args.trials,
+                      n_permutations=args.permutations, seed=args.seed)
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"a": args.set_a, "b": args.set_b, **result.to_dict()}
+    (out / "mmd.json").write_text(json.dumps(report, indent=2, default=float))
+    if args.plot != "none":
+        plot_embeddings(a, b, out / f"embeddings_{args.plot}.png", labels=(args.set_a, args.set_b),
+                        method=args.plot, fallback_pca=True)
+    print(json.dumps({k: report[k] for k in ("mmd2_mean", "mmd2_std", "p_value")}, default=float))
+    return 0
+
+
 SUBCOMMANDS = {
     "train": _register_train,
     "infer": _register_infer,
     "calibrate": _register_calibrate,
+    "scan": _register_scan,
+    "mmd": _register_mmd,
 }
 
 

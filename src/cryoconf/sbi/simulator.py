@@ -125,11 +125,12 @@ class SBISimulator:
         return params
 
     def render(self, params: dict[str, torch.Tensor], generator: torch.Generator,
-               return_clean: bool = False, noise: bool = True):
-        """Images (n, box, box) float32 on the device for ``params`` (noise seeds from ``generator``)."""
+               return_clean: bool = False, noise: bool = True, ctf: bool = True):
+        """Images (n, box, box) float32 on the device for ``params`` (noise seeds from ``generator``).
+        ``ctf=False`` renders without the CTF (a misspecified model, for checks)."""
         dev, im = self.device, self.image
         n = params["theta"].shape[0]
-        ctf = CTFParams.create(
+        ctf = None if not ctf else CTFParams.create(
             params["defocus_u_A"], params["defocus_v_A"], params["defocus_angle_rad"], im.voltage_kV, im.cs_mm,
             params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0, dtype=torch.float32, device=dev)
         snr = params["snr"].to(dev, torch.float32) if noise else torch.full((n,), float("inf"), device=dev)
