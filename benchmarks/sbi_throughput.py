@@ -1,0 +1,82 @@
+"""Throughput of `cryoconf sbi infer`'s network part: embedding + posterior samples per particle.
+
+Builds the model of an SBI config (or loads a trained run with ``--run``) and
+times ``SBIModel.sample`` (normalisation, embedding, flow sampling) on batches
+of particle images at the model's box. Speed depends on the architecture, not
+on the weights, so an untrained model of the same config measures the same.
+Prints one JSON object.
+
+    python benchmarks/sbi_throughput.py --config configs/sbi_hsp90_box64.yaml --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from cryoconf.sbi.model import SBIModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model(args) -> SBIModel:
+    if args.run:
+        from cryoconf.rundir import resolve_checkpoint
+
+        return SBIModel.load(resolve_checkpoint("latest", args.run), map_location=args.device)
+    import yaml
+
+    from cryoconf.sbi.config import SBIConfig
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    config = SBIConfig.from_dict(raw, base_dir=Path(args.config).parent)
+    theta = torch.linspace(0.0, 10.0, 20).tolist()
+    return SBIModel.from_config(config, theta, [(-0.25, 10.25)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "sbi_hsp90_box64.yaml"))
+    ap.add_argument("--run", default=None, help="a trained run directory instead of --config")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = {"device": args.device, "threads": args.threads, "batch": args.batch, "samples_per_particle": args.samples}
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(json.dumps({**base, "error": "CUDA requested but not available"}))
+        return
+    model = build_model(args).to(args.device)
+    images = torch.randn(args.batch, model.box, model.box, generator=torch.Generator().manual_seed(0))
+    model.sample(images[:8], args.samples)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.sample(images, args.samples)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    print(json.dumps({
+        "particles_per_s": round(args.batch / best, 1),
+        **base,
+        "box": model.box,
+        "apix_A": model.spec["apix_A"],
+        "embedding": model.spec["embedding"]["name"],
+        "ms_per_particle": round(1e3 * best / args.batch, 3),
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()
