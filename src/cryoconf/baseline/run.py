@@ -132,13 +132,7 @@ class TemplateSet:
     def from_conformations(cls, conf, center: str = "first", dtype=torch.float32, device=None) -> TemplateSet:
         """From :class:`~cryoconf.structure.Conformations`; ``center`` as in ``cryoconf simulate``:
         "first" (one translation centring the first conformation), "each" or "none"."""
-        coords = np.asarray(conf.coords_A, dtype=np.float64)
-        if center == "first":
-            coords = coords - coords[0].mean(axis=0, keepdims=True)[None]
-        elif center == "each":
-            coords = coords - coords.mean(axis=1, keepdims=True)
-        elif center != "none":
-            raise InputError(f"--center must be first, each or none, got {center!r}")
+        coords = conf.centered_coords(center)
         topo = conf.topology
         return cls(
             coords_A=torch.as_tensor(coords, dtype=dtype, device=device),

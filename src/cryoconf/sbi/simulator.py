@@ -21,7 +21,7 @@ from cryoconf.imaging.forward import RenderWorkspace, render_noisy_images
 from cryoconf.sbi.config import ImageConfig, PriorsConfig, TemplatesConfig
 from cryoconf.sbi.prior import NuisancePrior, TemplatePrior
 
-__all__ = ["normalize_for_sbi", "SBISimulator", "template_coordinates", "load_templates"]
+__all__ = ["normalize_for_sbi", "SBISimulator", "load_templates"]
 
 
 def normalize_for_sbi(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -68,16 +68,6 @@ def load_templates(conf: TemplatesConfig):
     return confs, theta
 
 
-def template_coordinates(confs, center: str) -> np.ndarray:
-    """Coordinates (M, N, 3) float32 Å, centred as ``center`` says (first | each | none)."""
-    coords = np.asarray(confs.coords_A, dtype=np.float32)
-    if center == "first":
-        return coords - coords[0].mean(axis=0, keepdims=True)[None]
-    if center == "each":
-        return coords - coords.mean(axis=1, keepdims=True)
-    return coords.copy()
-
-
 class SBISimulator:
     """Simulates batches of (θ, nuisance, image) for NPE training.
 
@@ -110,7 +100,7 @@ class SBISimulator:
     def from_config(cls, config, device="cpu") -> "SBISimulator":
         """Build from an :class:`~cryoconf.sbi.config.SBIConfig` (reads the template file)."""
         confs, theta = load_templates(config.templates)
-        coords = template_coordinates(confs, config.templates.center)
+        coords = confs.centered_coords(config.templates.center)
         amps = confs.topology.amplitudes_e if config.templates.amplitudes == "topology" else \
             np.ones(coords.shape[1], dtype=np.float32)
         return cls(coords, theta, amps, config.image, config.priors, device=device,

@@ -8,13 +8,12 @@ from cryoconf.simulation.parameters import (
     sample_truth,
     truth_from_metadata,
 )
-from cryoconf.simulation.run import SimulationResult, centered_coordinates, simulate_dataset
+from cryoconf.simulation.run import SimulationResult, simulate_dataset
 
 __all__ = [
     "SimulationConfig",
     "ParticleTruth",
     "SimulationResult",
-    "centered_coordinates",
     "conformation_probabilities",
     "gaussian_frame_weights",
     "sample_truth",

@@ -40,22 +40,6 @@ class SimulationResult:
     seconds: float
 
 
-def centered_coordinates(conformations: Conformations, center: str) -> np.ndarray:
-    """Coordinates (M, N, 3) float32 Å, translated as ``center`` says.
-
-    ``first``: one translation for all conformations, putting the mean pseudo-atom
-    of the first at the origin (relative motion kept); ``each``: every
-    conformation centred on its own mean; ``none``: as read (the model is
-    already in the frame of the poses).
-    """
-    coords = np.asarray(conformations.coords_A, dtype=np.float32)
-    if center == "first":
-        return coords - coords[0].mean(axis=0, keepdims=True)[None]
-    if center == "each":
-        return coords - coords.mean(axis=1, keepdims=True)
-    return coords.copy()
-
-
 @contextlib.contextmanager
 def _run_log(path: Path):
     handler = logging.FileHandler(path, mode="a")
@@ -101,7 +85,7 @@ def simulate_dataset(
         t0 = time.perf_counter()
         log.info("simulating %d particles of box %d at %.3f Å/px from %d conformations × %d pseudo-atoms into %s",
                  len(truth), config.box, config.apix_A, len(conformations), conformations.coords_A.shape[1], outdir)
-        coords = torch.from_numpy(centered_coordinates(conformations, config.center)).to(device)
+        coords = torch.from_numpy(conformations.centered_coords(config.center)).to(device)
         topology = conformations.topology
         amplitudes = torch.as_tensor(topology.amplitudes_e, dtype=torch.float32, device=device)
         sigmas = torch.as_tensor(topology.sigmas_A, dtype=torch.float32, device=device)

@@ -130,3 +130,20 @@ class Conformations:
     def structure(self, m: int) -> Structure:
         """Conformation ``m`` as a :class:`Structure`."""
         return self.topology.with_coords(self.coords_A[m])
+
+    def centered_coords(self, center: str = "first") -> np.ndarray:
+        """Coordinates (M, N, 3) float32 Å, translated as ``center`` says.
+
+        ``first``: one translation for all conformations, putting the mean pseudo-atom
+        of the first at the origin (relative motion kept); ``each``: every
+        conformation centred on its own mean; ``none``: as stored (the model is
+        already in the frame of the poses).
+        """
+        coords = np.asarray(self.coords_A, dtype=np.float32)
+        if center == "first":
+            return coords - coords[0].mean(axis=0, keepdims=True)[None]
+        if center == "each":
+            return coords - coords.mean(axis=1, keepdims=True)
+        if center == "none":
+            return coords.copy()
+        raise InputError(f"center must be first, each or none, got {center!r}")
