@@ -81,13 +81,19 @@ def _load_model(run: str, load: str, device: str):
     return SBIModel.load(resolve_checkpoint(load, run), map_location=device).to(device)
 
 
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """RUN, -o/--outdir, --load and --device: shared by every subcommand that uses a trained run."""
+    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    p.add_argument("-o", "--outdir", required=True, help="output directory")
+    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
+    p.add_argument("--device", default="cpu", help="torch device")
+
+
 def _register_infer(sub) -> None:
     p = sub.add_parser("infer", help="posterior over θ for every particle of a dataset",
                        description=INFER_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    _add_run_arguments(p)
     p.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
-    p.add_argument("-o", "--outdir", required=True, help="output directory")
-    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
     p.add_argument("--datadir", default=None, help="folder holding the image stacks")
     p.add_argument("--ind", default=None, help="indices (.npy/.pkl) of the particles to use")
     p.add_argument("--apix", type=float, default=None, help="pixel size of the particles (Å/px), overrides the file")
@@ -96,7 +102,6 @@ def _register_infer(sub) -> None:
     p.add_argument("--no-whiten", action="store_true", help="do not whiten with the data's noise PSD")
     p.add_argument("--mask-radius", type=float, default=None,
                    help="radius (Å) outside which pixels count as background for the PSD (default: 0.8·box/2)")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_infer)
 
@@ -120,14 +125,11 @@ def _register_calibrate(sub) -> None:
                        "coverage of the 68 % and 95 % intervals and simulation-based calibration. Writes "
                        "OUTDIR/calibration.json and calibration.png.",
                        formatter_class=DefaultsHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
-    p.add_argument("-o", "--outdir", required=True, help="output directory")
-    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
+    _add_run_arguments(p)
     p.add_argument("-n", "--n-particles", type=int, default=2000, help="held-out particles")
     p.add_argument("--snr", type=float, default=None, help="fix every particle's SNR (default: drawn from the prior)")
     p.add_argument("--samples", type=int, default=1000, help="posterior samples per particle")
     p.add_argument("--tolerance", type=float, default=1.0, help="|θ − θ_true| counted as correct (θ's unit, e.g. Å)")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=run_calibrate)
 
 
@@ -159,17 +161,14 @@ def _register_scan(sub) -> None:
                        "map the posterior mean and width of θ over the micrograph. Writes "
                        "OUTDIR/posterior_mean_map.npy, posterior_width_map.npy, scan_grid.npz and scan.png.",
                        formatter_class=DefaultsHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    _add_run_arguments(p)
     p.add_argument("micrograph", metavar="MICROGRAPH.mrc", help="a 2D micrograph")
-    p.add_argument("-o", "--outdir", required=True, help="output directory")
-    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
     p.add_argument("--apix", type=float, default=None, help="micrograph pixel size (Å/px; default: its header)")
     p.add_argument("--window", type=int, default=None,
                    help="window size (micrograph px; default: the model's box × pixel size)")
     p.add_argument("--stride", type=int, default=16, help="step between windows (micrograph px)")
     p.add_argument("--samples", type=int, default=500, help="posterior samples per window")
     p.add_argument("--batch-size", type=int, default=256, help="windows per batch")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_scan)
 
@@ -194,18 +193,15 @@ def _register_mmd(sub) -> None:
                        "(fresh simulations from the run's priors) or `sim-noctf:SEED` (the same without CTF). "
                        "Writes OUTDIR/mmd.json and an embedding plot (UMAP with the optional umap-learn, else PCA).",
                        formatter_class=DefaultsHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
+    _add_run_arguments(p)
     p.add_argument("set_a", metavar="A", help="particles file, sim:SEED or sim-noctf:SEED")
     p.add_argument("set_b", metavar="B", help="particles file, sim:SEED or sim-noctf:SEED")
-    p.add_argument("-o", "--outdir", required=True, help="output directory")
-    p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to use")
     p.add_argument("-n", "--n-per-set", type=int, default=10_000, help="particles per set (bootstrap subset size)")
     p.add_argument("--trials", type=int, default=100, help="bootstrap trials")
     p.add_argument("--permutations", type=int, default=100, help="permutations for the p-value")
     p.add_argument("--datadir", default=None, help="folder holding the image stacks")
     p.add_argument("--plot", choices=["umap", "pca", "none"], default="umap", help="embedding plot")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=run_mmd)
 
 
