@@ -22,6 +22,7 @@ import zuko
 from torch import nn
 
 from cryoconf.errors import InputError
+from cryoconf.sbi.spline_sampling import fast_flow_sample
 
 __all__ = ["BoundedFlow"]
 
@@ -68,6 +69,17 @@ class BoundedFlow(nn.Module):
         return self.flow(context).log_prob(z) + log_jac
 
     def sample(self, n: int, context: torch.Tensor) -> torch.Tensor:
-        """``n`` samples per context row: (n, B, D), inside [a, b]."""
-        z = self.flow(context).sample((n,))
+        """``n`` samples per context row: (n, B, D), inside [a, b].
+
+        For one parameter (D = 1) with a (B, C) context the spline inverses run per
+        particle row (``cryoconf.sbi.spline_sampling``), giving the same samples as
+        zuko's generic sampler from the same random state, ~2-3x faster; anything else
+        uses zuko's ``sample``.
+        """
+        dist = self.flow(context)
+        z = None
+        if self.features == 1 and context.dim() == 2:
+            z = fast_flow_sample(dist, int(n), int(context.shape[0]))
+        if z is None:
+            z = dist.sample((n,))
         return self.to_bounded(z)
