@@ -350,3 +350,54 @@ def test_mmd_same_simulator_vs_misspecified(trained, tmp_path):
     noctf = json.loads((tmp_path / "noctf" / "mmd.json").read_text())
     assert same["p_value"] > 0.05
     assert noctf["p_value"] < 0.01 and noctf["mmd2_mean"] > same["mmd2_mean"]
+
+
+def test_mmd_tells_another_structure_from_the_templates(trained, toy_ensemble, tmp_path):
+    """cryoSBI's MMD check: particles of another structure, rendered with the run's imaging settings
+    and priors, are told apart from the model's own in its embedding space; the same structure with
+    another seed is not. The other structure is the ball's 40 atoms stretched into a rod (equal
+    amplitudes) whose radius of gyration matches the dumbbell's, so size alone does not tell them apart."""
+    import json
+
+    from cryoconf.cli.main import main
+    from cryoconf.sbi.latent import embed_simulated, simulator_for_structure
+    from cryoconf.sbi.mmd import mmd_test
+    from cryoconf.structure import read_conformations
+
+    config, _ = trained
+    model, run_dir = _trained_model(trained)  # as loaded: in training mode
+    ball, dumbbell = read_conformations(toy_ensemble).coords_A.astype(np.float64)
+    rod = ball / 9.0 * np.array([23.0, 5.0, 5.0])
+    rg = lambda x: np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean())
+    assert abs(rg(rod) - rg(dumbbell)) < 0.05 * rg(dumbbell)
+
+    def structure(coords):
+        return Conformations(topology=_topology(coords), coords_A=coords[None])
+
+    # simulator_for_structure on the run's own template file is the run's simulator
+    own = simulator_for_structure(config, toy_ensemble)
+    e = embed_simulated(model, own, 24, seed=5)
+    assert torch.equal(e, embed_simulated(model, SBISimulator.from_config(config), 24, seed=5))
+    # embeddings are taken in eval mode (batch-norm running statistics, not the batch's), mode restored
+    assert model.training
+    assert torch.equal(e, embed_simulated(model.eval(), own, 24, seed=5))
+    model.train()
+
+    n = 300
+    dumbbell_sim, rod_sim = simulator_for_structure(config, structure(dumbbell)), simulator_for_structure(config, structure(rod))
+    d1 = embed_simulated(model, dumbbell_sim, n, seed=1)
+    d2 = embed_simulated(model, dumbbell_sim, n, seed=2)
+    r2 = embed_simulated(model, rod_sim, n, seed=2)
+    same = mmd_test(d1, d2, n_per_set=n, n_trials=1, n_permutations=200, seed=0)
+    other = mmd_test(d1, r2, n_per_set=n, n_trials=1, n_permutations=200, seed=0)
+    assert same.p_value > 0.05
+    assert other.p_value < 0.01 and other.mmd2_mean > 10 * abs(same.mmd2_mean)
+
+    # the CLI: the run's simulations vs the rod (a structure file) with the run's imaging settings
+    save_conformations(tmp_path / "rod.npz", structure(rod))
+    assert main(["sbi", "mmd", str(run_dir), "sim:1", f"sim:2:{tmp_path / 'rod.npz'}", "-o", str(tmp_path / "rod"),
+                 "-n", "200", "--trials", "2", "--permutations", "200", "--plot", "none"]) == 0
+    report = json.loads((tmp_path / "rod" / "mmd.json").read_text())
+    assert report["p_value"] < 0.01 and report["b"].endswith("rod.npz")
+    assert main(["sbi", "mmd", str(run_dir), "sim:1", "sim:2:/nonexistent.pdb", "-o", str(tmp_path / "x"),
+                 "-n", "8"]) == 2

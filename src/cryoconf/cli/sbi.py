@@ -189,39 +189,56 @@ def _register_mmd(sub) -> None:
     p = sub.add_parser("mmd", help="MMD test between two sets of particles in the embedding space",
                        description="Compare the embeddings of two particle sets with the maximum mean "
                        "discrepancy (Gaussian kernel, median-heuristic bandwidth, bootstrapped subsets and a "
-                       "permutation p-value). A set is a particle file (.star/.cs/.mrcs), or `sim:SEED` "
-                       "(fresh simulations from the run's priors) or `sim-noctf:SEED` (the same without CTF). "
-                       "Writes OUTDIR/mmd.json and an embedding plot (UMAP with the optional umap-learn, else PCA).",
+                       "permutation p-value). A set is a particle file (.star/.cs/.mrcs; read, resampled, "
+                       "whitened and normalised as `sbi infer` does), or `sim:SEED` (fresh simulations from the "
+                       "run's priors) or `sim-noctf:SEED` (the same without CTF), or `sim:SEED:STRUCTURE` "
+                       "(another structure, a PDB/mmCIF or ensemble .npz, rendered with the run's imaging settings "
+                       "and priors). Writes OUTDIR/mmd.json and an embedding plot (UMAP with the optional "
+                       "umap-learn, else PCA).",
                        formatter_class=DefaultsHelpFormatter)
     _add_run_arguments(p)
-    p.add_argument("set_a", metavar="A", help="particles file, sim:SEED or sim-noctf:SEED")
-    p.add_argument("set_b", metavar="B", help="particles file, sim:SEED or sim-noctf:SEED")
+    p.add_argument("set_a", metavar="A", help="particles file, sim:SEED, sim-noctf:SEED or sim:SEED:STRUCTURE")
+    p.add_argument("set_b", metavar="B", help="particles file, sim:SEED, sim-noctf:SEED or sim:SEED:STRUCTURE")
     p.add_argument("-n", "--n-per-set", type=int, default=10_000, help="particles per set (bootstrap subset size)")
     p.add_argument("--trials", type=int, default=100, help="bootstrap trials")
     p.add_argument("--permutations", type=int, default=100, help="permutations for the p-value")
     p.add_argument("--datadir", default=None, help="folder holding the image stacks")
+    p.add_argument("--apix", type=float, default=None, help="pixel size of particle files (Å/px), overrides the file")
+    p.add_argument("--no-whiten", action="store_true", help="do not whiten particle files (as `sbi infer --no-whiten`)")
     p.add_argument("--plot", choices=["umap", "pca", "none"], default="umap", help="embedding plot")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=run_mmd)
 
 
-def _embeddings(spec: str, model, run: str, n: int, datadir, device):
+def _embeddings(spec: str, model, run: str, n: int, args):
     from pathlib import Path
 
     from cryoconf.errors import InputError
     from cryoconf.sbi.config import load_config
-    from cryoconf.sbi.latent import embed_particles, embed_simulated
+    from cryoconf.sbi.latent import (
+        embed_particles,
+        embed_simulated,
+        simulator_for_structure,
+    )
     from cryoconf.sbi.simulator import SBISimulator
 
     if spec.startswith(("sim:", "sim-noctf:")):
-        kind, _, seed = spec.partition(":")
+        kind, _, rest = spec.partition(":")
+        seed, _, structure = rest.partition(":")
         try:
             seed = int(seed)
         except ValueError:
-            raise InputError(f"{spec}: write sim:SEED or sim-noctf:SEED with an integer seed") from None
-        simulator = SBISimulator.from_config(load_config(Path(run) / "config.yaml"), device=device)
+            raise InputError(f"{spec}: write sim:SEED, sim-noctf:SEED or sim:SEED:STRUCTURE with an integer seed") from None
+        config = load_config(Path(run) / "config.yaml")
+        if structure:
+            if not Path(structure).exists():
+                raise InputError(f"{spec}: structure file {structure} not found")
+            simulator = simulator_for_structure(config, structure, device=args.device)
+        else:
+            simulator = SBISimulator.from_config(config, device=args.device)
         return embed_simulated(model, simulator, n, seed=seed, ctf=kind == "sim")
-    return embed_particles(model, spec, datadir=datadir, max_particles=n)
+    return embed_particles(model, spec, datadir=args.datadir, apix=args.apix, max_particles=n,
+                           whiten=not args.no_whiten)
 
 
 def run_mmd(args) -> int:
@@ -231,8 +248,8 @@ def run_mmd(args) -> int:
     from cryoconf.sbi.mmd import mmd_test, plot_embeddings
 
     model = _load_model(args.run, args.load, args.device)
-    a = _embeddings(args.set_a, model, args.run, args.n_per_set, args.datadir, args.device)
-    b = _embeddings(args.set_b, model, args.run, args.n_per_set, args.datadir, args.device)
+    a = _embeddings(args.set_a, model, args.run, args.n_per_set, args)
+    b = _embeddings(args.set_b, model, args.run, args.n_per_set, args)
     result = mmd_test(a, b, n_per_set=min(args.n_per_set, len(a), len(b)), n_trials=args.trials,
                       n_permutations=args.permutations, seed=args.seed)
     out = Path(args.outdir)
