@@ -1,5 +1,6 @@
 # cryoconf — the two set-up commands:
-#   make demo   simulate a small ADK dataset and write a montage (installs what it needs)
+#   make demo   simulate a small ADK dataset, train a short SBI model on a two-mode ADK
+#               ensemble and write posterior plots (installs what it needs)
 #   make test   run the test suite (installs what it needs)
 #
 # Uses the active Python environment. GPU users: install your CUDA build of
