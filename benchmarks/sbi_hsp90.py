@@ -1,0 +1,217 @@
+"""The cryoSBI Hsp90 benchmark: accuracy and calibration of a trained ``cryoconf sbi`` run,
+and the comparison with the explicit-likelihood baseline. Prints one JSON object.
+
+Templates: the 20 Hsp90 models of ../shared/data/hsp90, θ = Cα RMSD to the closed
+model after superposition (Å). The run is trained with ``configs/sbi_hsp90_box64.yaml``
+(box 64 at 3 Å/px, the CPU-sized equivalent of the paper's box 128 at 1.5 Å/px; σ 0.5–5 Å,
+defocus 0.5–2 µm, B 1–100 Å², SNR log-uniform in [0.001, 0.5] with the signal variance
+inside the inscribed circle, as in the paper)::
+
+    python benchmarks/sbi_train_hsp90.py --steps 0          # builds configs/hsp90_ensemble.npz
+    cryoconf sbi train configs/sbi_hsp90_box64.yaml -o runs/hsp90_box64
+    python benchmarks/sbi_hsp90.py --run runs/hsp90_box64 --json runs/hsp90_box64/benchmark.json
+
+1. For each ``--snr`` (default 0.1 and 0.01): ``--n`` (2,000) fresh simulated particles
+   (a seed distinct from training and validation, every nuisance parameter from the
+   prior except the fixed SNR). Reported: the fraction of posterior samples within
+   1 Å of the true θ (the paper's figure), the mean posterior std, the coverage of the
+   central 68 % and 95 % intervals, the RMSE of the posterior mean, and SBC.
+2. Against the baseline on ``--baseline-particles`` (200) particles at ``--baseline-snr``
+   (0.1): the baseline (``cryoconf baseline``: Gaussian likelihood with contrast, offset and
+   noise integrated out, marginalised over a uniform SO(3) grid of ``--orientations``, the
+   defocus ±``--defocus-step`` around each particle's CTF, and a σ grid ``--baseline-sigmas``
+   for the pseudo-atom width the NPE marginalises over) gives a posterior over the 20
+   templates. Reported: the RMS difference between the NPE and baseline posterior means,
+   each one's error against the truth, and the per-particle wall time of each on this
+   machine (NPE: embedding + ``--samples`` posterior samples; baseline: rendering the
+   template projections, shared by the batch, plus scoring).
+3. The training budget read from the run directory (steps, seconds, device).
+
+Plots (``--plots DIR``): sampled θ vs true θ at each SNR, coloured by the posterior std
+(the paper's Fig. 2C), and NPE vs baseline posterior means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
+from cryoconf.imaging.ctf import CTFParams
+from cryoconf.rundir import list_checkpoints, resolve_checkpoint
+from cryoconf.sbi.config import load_config
+from cryoconf.sbi.evaluation import EVALUATION_SEED, evaluate_posterior, simulate_held_out
+from cryoconf.sbi.model import SBIModel
+from cryoconf.sbi.simulator import SBISimulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def training_budget(run: Path) -> dict:
+    """Steps and wall time of the run's training, from its checkpoints and run.log."""
+    ckpts = list_checkpoints(run)
+    text = (run / "run.log").read_text() if (run / "run.log").exists() else ""
+    done = re.findall(r"trained (\d+) steps in ([\d.]+) s", text)
+    seconds = sum(float(s) for _, s in done)
+    if not done:  # still running or interrupted: first to last timestamp
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text, flags=re.M)
+        if len(stamps) >= 2:
+            fmt = "%Y-%m-%d %H:%M:%S"
+            seconds = time.mktime(time.strptime(stamps[-1], fmt)) - time.mktime(time.strptime(stamps[0], fmt))
+    dev = re.findall(r"device (\S+), (\d+) process", text)
+    val = re.findall(r"step (\d+): train loss ([\d.\-]+) .*?validation loss ([\d.\-]+)", text)
+    return {"steps": ckpts[-1][0] if ckpts else 0, "seconds": round(seconds, 1),
+            "device": dev[-1][0].rstrip(";") if dev else None, "processes": int(dev[-1][1]) if dev else None,
+            "last_validation_loss": float(val[-1][2]) if val else None}
+
+
+def npe_means(model: SBIModel, images: torch.Tensor, n_samples: int, batch: int = 256):
+    """Posterior mean and std of θ per image, and the wall seconds per particle (embedding + sampling)."""
+    model.sample(images[:8], n_samples)  # warm-up
+    t0 = time.perf_counter()
+    means, stds = [], []
+    for s in range(0, images.shape[0], batch):
+        x = model.sample(images[s:s + batch], n_samples)[..., 0].double()
+        means.append(x.mean(0))
+        stds.append(x.std(0))
+    return torch.cat(means).numpy(), torch.cat(stds).numpy(), (time.perf_counter() - t0) / images.shape[0]
+
+
+def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, args):
+    """Baseline posterior mean/std of θ per image (σ grid marginalised), the seconds per particle and
+    the MAP template index."""
+    im = simulator.image
+    ctf = CTFParams.create(params["defocus_u_A"], params["defocus_v_A"], params["defocus_angle_rad"], im.voltage_kV,
+                           im.cs_mm, params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0,
+                           dtype=torch.float32)
+    step = args.defocus_step
+    cfg = BaselineConfig(n_orientations=args.orientations, shift_range_A=args.shift_range, shift_step_A=im.apix_A,
+                         defocus_offsets_A=(-step, 0.0, step) if step > 0 else (0.0,),
+                         particle_batch=images.shape[0], cache_bytes=0)
+    t0 = time.perf_counter()
+    lls = []
+    for sigma in args.baseline_sigmas:
+        tm = TemplateSet(simulator.coords, simulator.amplitudes, torch.full_like(simulator.amplitudes, sigma), theta)
+        lls.append(score_particles(tm, images, im.apix_A, cfg, ctf=ctf, progress=True).log_likelihood)
+    seconds = (time.perf_counter() - t0) / images.shape[0]
+    ll = np.logaddexp.reduce(np.stack(lls), axis=0) - math.log(len(lls))  # (P, M): σ marginalised (uniform)
+    post = np.exp(ll - ll.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    mean = post @ theta
+    std = np.sqrt(np.clip(post @ theta**2 - mean**2, 0.0, None))
+    return mean, std, seconds, post.argmax(1)
+
+
+def plot(path: Path, per_snr: list, comparison: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(per_snr) + (comparison is not None)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    for ax, (snr, truth, sample, std) in zip(axes[0], per_snr):
+        sc = ax.scatter(truth, sample, c=std, s=4, cmap="coolwarm", vmin=0, vmax=max(3.0, float(np.max(std))))
+        lim = [truth.min() - 0.5, truth.max() + 0.5]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set(title=f"SNR {snr:g}: one posterior sample per particle", xlabel="true θ (Å)", ylabel="sampled θ (Å)")
+        fig.colorbar(sc, ax=ax, label="posterior std (Å)")
+    if comparison is not None:
+        ax = axes[0][-1]
+        ax.scatter(comparison["baseline"], comparison["npe"], s=6, c="C0")
+        lim = [comparison["truth"].min() - 0.5, comparison["truth"].max() + 0.5]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set(title="posterior means: NPE vs baseline", xlabel="baseline mean θ (Å)", ylabel="NPE mean θ (Å)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(REPO / "runs" / "hsp90_box64"), help="trained run directory")
+    ap.add_argument("--load", default="latest", help="checkpoint: latest or a file")
+    ap.add_argument("--n", type=int, default=2000, help="held-out particles per SNR")
+    ap.add_argument("--snr", type=float, nargs="*", default=[0.1, 0.01], help="held-out SNRs (none: skip)")
+    ap.add_argument("--samples", type=int, default=1000, help="posterior samples per particle")
+    ap.add_argument("--tolerance", type=float, default=1.0, help="Å")
+    ap.add_argument("--baseline-particles", type=int, default=200, help="0 skips the baseline comparison")
+    ap.add_argument("--baseline-snr", type=float, default=0.1)
+    ap.add_argument("--orientations", type=int, default=4608, help="SO(3) grid of the baseline (paper: 36864)")
+    ap.add_argument("--baseline-sigmas", type=float, nargs="+", default=[1.5, 3.5],
+                    help="pseudo-atom σ grid of the baseline (Å)")
+    ap.add_argument("--defocus-step", type=float, default=500.0, help="baseline defocus grid ±step around the CTF (Å)")
+    ap.add_argument("--shift-range", type=float, default=0.0,
+                    help="baseline shift search (Å; the Hsp90 prior has no shifts)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="also write the JSON here")
+    ap.add_argument("--plots", default=None, help="directory for the PNG (default: the run directory)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    ckpt = resolve_checkpoint(args.load, run)
+    if ckpt is None:
+        raise SystemExit(f"{run} has no checkpoint; train it first (see the header of {__file__})")
+    model = SBIModel.load(ckpt, map_location=args.device).eval()
+    config = load_config(run / "config.yaml")
+    simulator = SBISimulator.from_config(config, device=args.device)
+    out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,
+           "embedding": config.embedding.name, "snr_definition": config.image.snr_definition,
+           "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "device": args.device, "training": training_budget(run), "held_out": []}
+    per_snr = []
+    for snr in args.snr:
+        metrics, _ = evaluate_posterior(model, simulator, args.n, snr=snr, n_samples=args.samples,
+                                        tolerance=args.tolerance)
+        out["held_out"].append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+        # one sample per particle for the scatter plot (same particles: same seed)
+        params, images = simulate_held_out(simulator, min(args.n, 2000), snr=snr)
+        x = model.sample(images, 200)[..., 0].double()
+        per_snr.append((snr, params["theta"].numpy(), x[0].numpy(), x.std(0).numpy()))
+    comparison = None
+    if args.baseline_particles > 0:
+        params, images = simulate_held_out(simulator, args.baseline_particles, snr=args.baseline_snr,
+                                           seed=EVALUATION_SEED + 1)
+        truth = params["theta"].numpy()
+        theta = np.asarray(simulator.template_prior.theta, dtype=np.float64)  # (M,) in template order
+        npe_m, npe_s, npe_t = npe_means(model, images, args.samples)
+        base_m, base_s, base_t, base_map = baseline_means(simulator, theta, params, images, args)
+        template = params["template"].numpy()  # the template each particle was rendered from
+        rms = lambda a: float(np.sqrt(np.mean(np.square(a))))  # noqa: E731
+        out["baseline_comparison"] = {
+            "particles": args.baseline_particles, "snr": args.baseline_snr, "npe_samples": args.samples,
+            "orientations": args.orientations, "baseline_sigmas_A": args.baseline_sigmas,
+            "defocus_offsets_A": [-args.defocus_step, 0.0, args.defocus_step] if args.defocus_step > 0 else [0.0],
+            "shift_range_A": args.shift_range,
+            "rms_difference_of_posterior_means_A": round(rms(npe_m - base_m), 4),
+            "npe_mean_rmse_vs_truth_A": round(rms(npe_m - truth), 4),
+            "baseline_mean_rmse_vs_truth_A": round(rms(base_m - truth), 4),
+            "baseline_map_is_rendered_template": round(float(np.mean(base_map == template)), 4),
+            "baseline_map_within_one_template": round(float(np.mean(np.abs(base_map - template) <= 1)), 4),
+            "npe_mean_std_A": round(float(npe_s.mean()), 4), "baseline_mean_std_A": round(float(base_s.mean()), 4),
+            "npe_seconds_per_particle": npe_t, "baseline_seconds_per_particle": base_t,
+            "speedup": round(base_t / npe_t, 1),
+        }
+        comparison = {"npe": npe_m, "baseline": base_m, "truth": truth}
+    plots = Path(args.plots) if args.plots else run
+    plots.mkdir(parents=True, exist_ok=True)
+    plot(plots / "hsp90_benchmark.png", per_snr, comparison)
+    out["plot"] = str(plots / "hsp90_benchmark.png")
+    text = json.dumps(out, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
