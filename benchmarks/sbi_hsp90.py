@@ -59,13 +59,19 @@ def training_budget(run: Path) -> dict:
     """Steps and wall time of the run's training, from its checkpoints and run.log."""
     ckpts = list_checkpoints(run)
     text = (run / "run.log").read_text() if (run / "run.log").exists() else ""
-    done = re.findall(r"trained (\d+) steps in ([\d.]+) s", text)
-    seconds = sum(float(s) for _, s in done)
-    if not done:  # still running or interrupted: first to last timestamp
-        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text, flags=re.M)
-        if len(stamps) >= 2:
-            fmt = "%Y-%m-%d %H:%M:%S"
-            seconds = time.mktime(time.strptime(stamps[-1], fmt)) - time.mktime(time.strptime(stamps[0], fmt))
+    # wall time per training session: from its start ("resumed from" / "templates:") to its last line
+    # (sessions that were interrupted have no closing "trained N steps" line)
+    fmt, seconds, start, last = "%Y-%m-%d %H:%M:%S", 0.0, None, None
+    for line in text.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
+        if not m:
+            continue
+        t = time.mktime(time.strptime(m.group(1), fmt))
+        if "templates:" in line or "resumed from" in line:
+            seconds += (last - start) if start is not None else 0.0
+            start = t
+        last = t
+    seconds += (last - start) if start is not None else 0.0
     dev = re.findall(r"device (\S+), (\d+) process", text)
     val = re.findall(r"step (\d+): train loss ([\d.\-]+) .*?validation loss ([\d.\-]+)", text)
     return {"steps": ckpts[-1][0] if ckpts else 0, "seconds": round(seconds, 1),
