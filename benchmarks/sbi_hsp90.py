@@ -34,6 +34,7 @@ Plots (``--plots DIR``): sampled θ vs true θ at each SNR, coloured by the post
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -45,10 +46,13 @@ import numpy as np
 import torch
 
 from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
-from cryoconf.imaging.ctf import CTFParams
 from cryoconf.rundir import list_checkpoints, resolve_checkpoint
 from cryoconf.sbi.config import load_config
-from cryoconf.sbi.evaluation import EVALUATION_SEED, evaluate_posterior, simulate_held_out
+from cryoconf.sbi.evaluation import (
+    EVALUATION_SEED,
+    evaluate_posterior,
+    simulate_held_out,
+)
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
 
@@ -94,26 +98,23 @@ def npe_means(model: SBIModel, images: torch.Tensor, n_samples: int, batch: int 
 def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, args):
     """Baseline posterior mean/std of θ per image (σ grid marginalised), the seconds per particle and
     the MAP template index."""
-    im = simulator.image
-    ctf = CTFParams.create(params["defocus_u_A"], params["defocus_v_A"], params["defocus_angle_rad"], im.voltage_kV,
-                           im.cs_mm, params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0,
-                           dtype=torch.float32)
     step = args.defocus_step
-    cfg = BaselineConfig(n_orientations=args.orientations, shift_range_A=args.shift_range, shift_step_A=im.apix_A,
+    cfg = BaselineConfig(n_orientations=args.orientations, shift_range_A=args.shift_range,
+                         shift_step_A=simulator.image.apix_A,
                          defocus_offsets_A=(-step, 0.0, step) if step > 0 else (0.0,),
                          particle_batch=images.shape[0], cache_bytes=0)
+    ctf = simulator.ctf_params(params)
     t0 = time.perf_counter()
-    lls = []
+    results = []
     for sigma in args.baseline_sigmas:
         tm = TemplateSet(simulator.coords, simulator.amplitudes, torch.full_like(simulator.amplitudes, sigma), theta)
-        lls.append(score_particles(tm, images, im.apix_A, cfg, ctf=ctf, progress=True).log_likelihood)
+        results.append(score_particles(tm, images, simulator.image.apix_A, cfg, ctf=ctf, progress=True))
     seconds = (time.perf_counter() - t0) / images.shape[0]
-    ll = np.logaddexp.reduce(np.stack(lls), axis=0) - math.log(len(lls))  # (P, M): σ marginalised (uniform)
-    post = np.exp(ll - ll.max(1, keepdims=True))
-    post /= post.sum(1, keepdims=True)
-    mean = post @ theta
-    std = np.sqrt(np.clip(post @ theta**2 - mean**2, 0.0, None))
-    return mean, std, seconds, post.argmax(1)
+    # σ marginalised with a uniform prior over the grid: ln mean_σ p(x | m, σ)
+    ll = np.logaddexp.reduce(np.stack([r.log_likelihood for r in results]), axis=0) - math.log(len(results))
+    result = dataclasses.replace(results[0], log_likelihood=ll)
+    summary = result.theta_summary()
+    return summary["theta_mean"], summary["theta_std"], seconds, result.map_template
 
 
 def plot(path: Path, per_snr: list, comparison: dict | None) -> None:
@@ -177,13 +178,10 @@ def main() -> None:
            "device": args.device, "training": training_budget(run), "held_out": []}
     per_snr = []
     for snr in args.snr:
-        metrics, _ = evaluate_posterior(model, simulator, args.n, snr=snr, n_samples=args.samples,
-                                        tolerance=args.tolerance)
+        metrics, _, x, truth = evaluate_posterior(model, simulator, args.n, snr=snr, n_samples=args.samples,
+                                                  tolerance=args.tolerance, return_samples=True)
         out["held_out"].append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
-        # one sample per particle for the scatter plot (same particles: same seed)
-        params, images = simulate_held_out(simulator, min(args.n, 2000), snr=snr)
-        x = model.sample(images, 200)[..., 0].double()
-        per_snr.append((snr, params["theta"].numpy(), x[0].numpy(), x.std(0).numpy()))
+        per_snr.append((snr, truth.numpy(), x[0].numpy(), x.std(0).numpy()))  # one sample per particle
     comparison = None
     if args.baseline_particles > 0:
         params, images = simulate_held_out(simulator, args.baseline_particles, snr=args.baseline_snr,
@@ -193,7 +191,7 @@ def main() -> None:
         npe_m, npe_s, npe_t = npe_means(model, images, args.samples)
         base_m, base_s, base_t, base_map = baseline_means(simulator, theta, params, images, args)
         template = params["template"].numpy()  # the template each particle was rendered from
-        rms = lambda a: float(np.sqrt(np.mean(np.square(a))))  # noqa: E731
+        rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
         out["baseline_comparison"] = {
             "particles": args.baseline_particles, "snr": args.baseline_snr, "npe_samples": args.samples,
             "orientations": args.orientations, "baseline_sigmas_A": args.baseline_sigmas,

@@ -280,12 +280,11 @@ def run_sbi_demo(args, psf: str, dcd: str) -> int:
 
 
 def _prior_entropy(theta) -> float:
-    """Entropy (nats) of the uniform θ prior: log of its width (equal cells, the end cells mirrored)."""
-    import numpy as np
+    """Entropy (nats) of the uniform θ prior of ``sbi train``: the log of its width."""
+    from cryoconf.sbi.prior import TemplatePrior
 
-    t = np.sort(np.asarray(theta, dtype=np.float64))
-    width = (t[-1] - t[0]) * len(t) / max(len(t) - 1, 1)
-    return float(math.log(width))
+    prior = TemplatePrior(theta)
+    return float(math.log(prior.high - prior.low))
 
 
 def _fmt(value: float) -> str:

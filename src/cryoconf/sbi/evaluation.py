@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.calibration import CalibrationResult, calibrate_samples
+from cryoconf.sbi.calibration import calibrate_samples
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
 
@@ -43,8 +43,9 @@ def simulate_held_out(simulator: SBISimulator, n: int, *, snr: float | None = No
 
 def evaluate_posterior(model: SBIModel, simulator: SBISimulator, n: int = 2000, *, snr: float | None = None,
                        n_samples: int = 1000, tolerance: float = 1.0, seed: int = EVALUATION_SEED,
-                       batch_size: int = 256) -> tuple[dict, CalibrationResult]:
-    """Metrics (dict) and the calibration of θ on ``n`` held-out simulated particles."""
+                       batch_size: int = 256, return_samples: bool = False):
+    """Metrics (dict) and the calibration of θ on ``n`` held-out simulated particles; with
+    ``return_samples`` also the θ samples (n_samples, n) and the true θ (n,)."""
     params, images = simulate_held_out(simulator, n, snr=snr, seed=seed, batch_size=batch_size)
     truth = params["theta"].double()
     t0 = time.perf_counter()
@@ -66,4 +67,4 @@ def evaluate_posterior(model: SBIModel, simulator: SBISimulator, n: int = 2000, 
         "posterior_mean_rmse": float(((samples.mean(0) - truth) ** 2).mean().sqrt()),
         "seconds_per_particle": seconds / n,
     }
-    return metrics, calib
+    return (metrics, calib, samples, truth) if return_samples else (metrics, calib)

@@ -114,15 +114,20 @@ class SBISimulator:
         params["template"] = index
         return params
 
+    def ctf_params(self, params: dict[str, torch.Tensor]) -> CTFParams:
+        """The CTF (n,) of drawn ``params`` with the image config's voltage and Cs, on the device."""
+        im = self.image
+        return CTFParams.create(
+            params["defocus_u_A"], params["defocus_v_A"], params["defocus_angle_rad"], im.voltage_kV, im.cs_mm,
+            params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0, dtype=torch.float32, device=self.device)
+
     def render(self, params: dict[str, torch.Tensor], generator: torch.Generator,
                return_clean: bool = False, noise: bool = True, ctf: bool = True):
         """Images (n, box, box) float32 on the device for ``params`` (noise seeds from ``generator``).
         ``ctf=False`` renders without the CTF (a misspecified model, for checks)."""
         dev, im = self.device, self.image
         n = params["theta"].shape[0]
-        ctf = None if not ctf else CTFParams.create(
-            params["defocus_u_A"], params["defocus_v_A"], params["defocus_angle_rad"], im.voltage_kV, im.cs_mm,
-            params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0, dtype=torch.float32, device=dev)
+        ctf = self.ctf_params(params) if ctf else None
         snr = params["snr"].to(dev, torch.float32) if noise else torch.full((n,), float("inf"), device=dev)
         return render_noisy_images(
             self.coords[params["template"].to(dev)], self.amplitudes, params["sigma_A"].to(dev, torch.float32)[:, None],
