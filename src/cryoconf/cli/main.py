@@ -15,7 +15,7 @@ import sys
 from cryoconf import __version__
 from cryoconf.errors import InputError
 
-COMMANDS = ["simulate", "convert", "demo", "evaluate", "ensemble", "anm", "sbi", "baseline"]
+COMMANDS = ["simulate", "convert", "demo", "evaluate", "ensemble", "anm", "sbi", "baseline", "recon"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cryoconf.cli.recon import default_subcommand
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(default_subcommand(list(sys.argv[1:] if argv is None else argv)))
     # our messages at INFO (DEBUG with -v); other libraries' only from WARNING up
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cryoconf").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -16,15 +16,16 @@ seed, and rank 0 writes the run directory. The same code runs on one CPU without
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from cryoconf.distributed import dist_info, init_distributed, resolve_device
 from cryoconf.errors import InputError
 from cryoconf.rundir import (
     LossCurve, capture_rng_state, list_checkpoints, prepare_run_dir, resolve_checkpoint, restore_rng_state,
@@ -80,27 +81,6 @@ def posterior_targets(params: dict, names: list[str]) -> torch.Tensor:
             raise InputError(f"unknown posterior parameter {name!r}")
         cols.append(params[name])
     return torch.stack(cols, dim=-1).float()
-
-
-def _dist_info():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 1, 0, 0
-    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _resolve_device(device, local_rank: int) -> torch.device:
-    name = device or "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    elif dev.type != "cpu":
-        raise InputError(f"--device {name}: use cpu or cuda")
-    return dev
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
@@ -177,13 +157,9 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
         config.training.seed = int(seed)
     config.validate()
     tc = config.training
-    world, rank, local_rank = _dist_info()
-    dev = _resolve_device(device, local_rank)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    world, rank, local_rank = dist_info()
+    dev = resolve_device(device, local_rank)
+    init_distributed(world, dev)
     run_dir = Path(run_dir)
     ckpt_path = resolve_checkpoint(load, run_dir)
     if rank == 0:
@@ -191,7 +167,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
     if world > 1:
         torch.distributed.barrier()
 
-    with run_log(run_dir) if rank == 0 else _null():
+    with run_log(run_dir) if rank == 0 else contextlib.nullcontext():
         state = None
         if ckpt_path is not None:
             state = load_checkpoint(ckpt_path, map_location="cpu")
@@ -335,10 +311,3 @@ def _checkpoint(run_dir, model, optimizer, config, step, generator, world, rank)
     log.info("checkpoint %s", path)
     return path
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
