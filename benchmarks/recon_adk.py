@@ -38,11 +38,15 @@ from cryoconf.structure.readers import read_conformations
 REPO = Path(__file__).resolve().parents[1]
 ADK = REPO.parent / "shared" / "data" / "adk"
 
+# settings every variant shares (CPU-sized: the backprojection encoder learns the latent space in a
+# few epochs where the image CNN needs far more; a 32-px working box at 3 Å/px)
+COMMON = {"encoder": "backproj", "encoder_hidden": [256, 128], "lr_encoder": 1e-3, "lr_decoder": 1e-3}
 # model name → settings different from ReconConfig's defaults
 VARIANTS = {
     "residues": {"model": "residues"},
     "residues_no_geometry": {"model": "residues", "geometry_weight": 0.0},
-    "segments": {"model": "segments", "n_segments": 4, "image_loss": "corr"},
+    # cryoSPHERE's objective: correlation loss, no geometry or bond prior
+    "segments": {"model": "segments", "n_segments": 4, "image_loss": "corr", "geometry_weight": 0.0, "bond_weight": 0.0},
 }
 
 
@@ -87,7 +91,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=20000, help="particles simulated per SNR")
     ap.add_argument("--eval", type=int, default=2000, help="held-out particles evaluated")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--downsample", type=int, default=None, help="working box (Fourier crop)")
+    ap.add_argument("--downsample", type=int, default=32, help="working box (Fourier crop)")
     ap.add_argument("--lowpass", type=float, default=None, help="low-pass (Å) of data and prediction")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ReconConfig settings (YAML values)")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "recon_adk"))
@@ -117,7 +121,7 @@ def main(argv=None) -> dict:
         entry = {"simulation_s": time.perf_counter() - t0,
                  "constant": constant_predictors(true_eval, coords, base_index=0)}
         for name in args.models:
-            settings = {**VARIANTS[name], "epochs": args.epochs, "seed": args.seed, "downsample_box": args.downsample,
+            settings = {**COMMON, **VARIANTS[name], "epochs": args.epochs, "seed": args.seed, "downsample_box": args.downsample,
                         "lowpass_A": args.lowpass, **overrides}
             config = ReconConfig(**settings).validate()
             ds_train = load_particles(data / "particles.star", ind=train_pos)

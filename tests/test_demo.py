@@ -16,7 +16,7 @@ def demo_out(tmp_path_factory):
     pytest.importorskip("MDAnalysisTests.datafiles", reason="the demo needs the ADK trajectory of MDAnalysisTests")
     out = tmp_path_factory.mktemp("demo") / "out"
     code = main(["demo", "-o", str(out), "-n", "16", "--box", "32", "--sbi-steps", "3", "--sbi-particles", "24",
-                 "--sbi-calibration", "24", "--seed", "1"])
+                 "--sbi-calibration", "24", "--seed", "1", "--recon-epochs", "2"])
     assert code == 0
     return out
 
@@ -78,3 +78,15 @@ def test_bad_demo_options_give_clear_errors(tmp_path, capsys, extra, message):
     assert main(["demo", "-o", str(tmp_path / "x"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_recon_outputs(demo_out):
+    recon = demo_out / "recon"
+    for name in ("base_frame0.pdb", "run/checkpoint.2.pt", "run/z.2.npy", "run/loss.png", "analyze/pc1_traversal.pdb",
+                 "analyze/latent_pca.png", "analyze/loss.png", "summary.json"):
+        assert (recon / name).exists(), name
+    text = (recon / "analyze" / "pc1_traversal.pdb").read_text()
+    assert text.count("MODEL ") == 10 and text.count("\nATOM ") == 10 * 214
+    summary = json.loads((recon / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["particles"] == 16
+    assert 0.0 <= summary["pc1_vs_frame_index_abs_pearson_r"] <= 1.0

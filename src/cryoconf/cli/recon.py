@@ -41,7 +41,7 @@ Multi-GPU: torchrun --nproc-per-node G -m cryoconf recon train … --device cuda
 _SETTINGS = [
     ("--model", "model", str, "residues | segments"),
     ("--zdim", "latent_dim", int, "latent dimension L"),
-    ("--encoder", "encoder", str, "cnn | mlp"),
+    ("--encoder", "encoder", str, "cnn | mlp | backproj"),
     ("--encoder-channels", "encoder_channels", int, "CNN channels per block", "+"),
     ("--decoder-hidden", "decoder_hidden", int, "decoder MLP hidden sizes", "+"),
     ("--downsample", "downsample_box", int, "working box (Fourier crop of the particles; faster)"),
@@ -228,7 +228,10 @@ def register(subparsers) -> None:
 
 
 def default_subcommand(argv: list[str]) -> list[str]:
-    """``recon PARTICLES …`` → ``recon train PARTICLES …``."""
-    if len(argv) >= 2 and argv[0] == "recon" and argv[1] not in SUBCOMMANDS and argv[1] not in ("-h", "--help"):
-        return [argv[0], "train", *argv[1:]]
+    """``recon PARTICLES …`` → ``recon train PARTICLES …`` (also after global options: ``-v recon …``)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # cryoconf's own options take no values
+        i += 1
+    if i + 1 < len(argv) and argv[i] == "recon" and argv[i + 1] not in (*SUBCOMMANDS, "-h", "--help"):
+        return [*argv[:i + 1], "train", *argv[i + 1:]]
     return argv

@@ -90,6 +90,8 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if n_steps < 1:
+        raise InputError(f"--steps must be ≥ 1, got {n_steps}")
     run_dir = Path(run_dir)
     ckpts = dict(list_checkpoints(run_dir))
     if not ckpts:
@@ -127,7 +129,11 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         if maps:
             for path in _write_maps(model, coords[[0, -1]], out / f"pc{k + 1}_end", voxel, map_box):
                 keep(path)
-    if kmeans > 0 and len(z) >= kmeans:
+    distinct = len(np.unique(np.round(z, 6), axis=0))
+    if kmeans > 0 and distinct < kmeans:
+        log.warning("k-means skipped: %d distinct latent points for %d clusters (train longer, or lower --ksample)",
+                    distinct, kmeans)
+    if kmeans > 0 and distinct >= kmeans:
         from scipy.cluster.vq import kmeans2
 
         centres, labels = kmeans2(z.astype(np.float64), kmeans, seed=seed, minit="++")
@@ -136,7 +142,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         coords = _decode(model, centres)
         write_pdb(keep(kdir / "centres.pdb"), coords, topology=base)
         np.save(keep(kdir / "labels.npy"), labels)
-        np.save(keep(kdir / "centers.npy"), centres)
+        np.save(keep(kdir / "centres.npy"), centres)
         if maps:
             for path in _write_maps(model, coords, kdir / "centre", voxel, map_box):
                 keep(path)
@@ -173,7 +179,8 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         _umap_plot(z, out / "umap.png", seed, plt)
         res.files.append(out / "umap.png")
     summary = {"epoch": epoch, "n_particles": int(len(z)), "latent_dim": int(z.shape[1]),
-               "explained_variance_ratio": res.explained_variance_ratio, "files": [str(f.name) for f in res.files]}
+               "explained_variance_ratio": res.explained_variance_ratio,
+               "files": [f.relative_to(out).as_posix() for f in res.files]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("analysis of %s (epoch %d) written to %s", run_dir, epoch, out)
     return res

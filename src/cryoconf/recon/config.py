@@ -26,8 +26,9 @@ class ReconConfig:
     low-pass applied to data and prediction alike), ``mask_radius_frac`` (circular mask,
     fraction of box/2), ``image_loss`` l2 | corr, ``scale`` closed_form (per-image scale
     and offset, exact least squares) | learned (one global scale and offset, Prins).
-    Priors: weights of the geometry-degradation, bond and centering losses (residues),
-    continuity and clash (either model); KL weight (``auto``: 2/effective pixels) with
+    Priors (either model; Prins et al. use the first three with ``residues``, cryoSPHERE
+    none or the last two with ``segments``): weights of the geometry-degradation, bond,
+    centering, continuity and clash losses; KL weight (``auto``: 2/effective pixels) with
     a linear warm-up over ``kl_warmup_epochs``.
     Segments: ``n_segments`` per group, ``segment_groups`` whole | chain | ranges
     (``segment_ranges`` 0-based [start, stop) residue positions), temperature ``tau``.

@@ -44,7 +44,7 @@ class ReconModel(nn.Module):
         super().__init__()
         config.validate()
         self.config, self.box, self.apix_A = config, int(box), float(apix_A)
-        coords0 = torch.as_tensor(base.coords_A, dtype=torch.float32)
+        coords0 = torch.tensor(base.coords_A, dtype=torch.float32)  # a copy: loading weights must not alter ``base``
         self.register_buffer("coords0_A", coords0)
         self.register_buffer("amplitudes_e", torch.as_tensor(base.amplitudes_e, dtype=torch.float32))
         self.register_buffer("sigmas_A", torch.as_tensor(base.sigmas_A, dtype=torch.float32))
@@ -120,9 +120,9 @@ class ReconModel(nn.Module):
         return (g / rms).detach()
 
     def encode(self, encoder_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(μ, log σ²) of q(z | image), each (B, L); log σ² is softly bounded to [−12, 6]."""
+        """(μ, log σ²) of q(z | image), each (B, L); log σ² is softly bounded to (−12, 6)."""
         mu, logvar = self.encoder(encoder_input)
-        return mu, 3.0 + 9.0 * torch.tanh((logvar - 3.0) / 9.0) if self.config.variational else logvar
+        return mu, -3.0 + 9.0 * torch.tanh((logvar + 3.0) / 9.0) if self.config.variational else logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Structures (B, N, 3) Å in the frame of the poses."""

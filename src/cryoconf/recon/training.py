@@ -157,6 +157,10 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
             if diffs:
                 raise InputError(f"--load {ckpt_path}: settings differ from the checkpoint's: " + "; ".join(diffs)
                                  + ". Resume with the run's settings (only --epochs may change)")
+            old = np.asarray(state["base"]["coords_A"])
+            if old.shape != base.coords_A.shape or not np.allclose(old, base.coords_A, atol=1e-3):
+                raise InputError(f"--load {ckpt_path}: the base structure differs from the checkpoint's (another "
+                                 "--structure, --mode, --selection or --center); resume with the same base")
             if int(state.get("n_particles", n)) != n:
                 raise InputError(f"--load {ckpt_path}: trained on {state['n_particles']} particles, now {n}; "
                                  "use the same particles and --ind")
