@@ -146,11 +146,16 @@ def main(argv=None) -> dict:
             entry[name] = acc
             print(json.dumps({f"snr {snr:g} {name}": acc}), flush=True)
         report["results"][f"snr_{snr:g}"] = entry
+    return emit(report, args.json)
+
+
+def emit(report: dict, path=None) -> dict:
+    """Print ``report`` as JSON, and write it to ``path`` when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
     return report
 
 

@@ -26,7 +26,6 @@ on the last ``--eval`` held-out ones:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_adk import _value, adk_conformations, cpu_seconds  # noqa: E402
+from recon_adk import _value, adk_conformations, cpu_seconds, emit  # noqa: E402
 
 from cryoconf.data.dataset import load_particles  # noqa: E402
 from cryoconf.dynamics.metrics import paired_rmsd  # noqa: E402
@@ -156,12 +155,7 @@ def main(argv=None) -> dict:
         "train_cpu_s": cpu, "train_wall_s": wall, "epochs": res.epoch, "settings": settings,
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
-    return report
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

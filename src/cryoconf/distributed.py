@@ -8,12 +8,14 @@ starts the process group (NCCL on CUDA, gloo on the CPU) when there is more than
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from cryoconf.errors import InputError
+from cryoconf.rundir import prepare_run_dir, resolve_checkpoint
 
-__all__ = ["dist_info", "resolve_device", "init_distributed"]
+__all__ = ["dist_info", "resolve_device", "init_distributed", "start_run"]
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -46,3 +48,19 @@ def init_distributed(world: int, device: torch.device) -> None:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def start_run(run_dir, load, device) -> tuple[int, int, torch.device, Path, Path | None]:
+    """What every training command does first: this process's (world, rank, device), the
+    process group, the run directory (rank 0 creates it; refused if it holds checkpoints
+    and ``load`` is None) and the checkpoint ``load`` names (None for a fresh run)."""
+    world, rank, local_rank = dist_info()
+    dev = resolve_device(device, local_rank)
+    init_distributed(world, dev)
+    run_dir = Path(run_dir)
+    ckpt_path = resolve_checkpoint(load, run_dir)
+    if rank == 0:
+        prepare_run_dir(run_dir, resume=ckpt_path is not None)
+    if world > 1:
+        torch.distributed.barrier()
+    return world, rank, dev, run_dir, ckpt_path

@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from cryoconf.cli.help_format import DefaultsHelpFormatter
+
+if TYPE_CHECKING:
+    from cryoconf.recon.config import ReconConfig
 
 DESCRIPTION = """\
 Structure-based heterogeneous reconstruction from particles with known poses and

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoconf.distributed import dist_info, init_distributed, resolve_device
+from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
 from cryoconf.recon.config import RESUMABLE_CHANGES, ReconConfig
 from cryoconf.recon.data import ReconParticles
 from cryoconf.recon.model import LOSS_TERMS, ReconModel
 from cryoconf.rundir import (
-    LossCurve, capture_rng_state, prepare_run_dir, resolve_checkpoint, restore_rng_state, run_log, save_checkpoint,
+    LossCurve, capture_rng_state, resolve_checkpoint, restore_rng_state, run_log, save_checkpoint,
     write_config,
 )
 from cryoconf.structure.model import Structure
@@ -139,15 +139,7 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
         inputs: paths and options to record in ``config.yaml`` (provenance).
     """
     config.validate()
-    world, rank, local_rank = dist_info()
-    dev = resolve_device(device, local_rank)
-    init_distributed(world, dev)
-    run_dir = Path(run_dir)
-    ckpt_path = resolve_checkpoint(load, run_dir)
-    if rank == 0:
-        prepare_run_dir(run_dir, resume=ckpt_path is not None)
-    if world > 1:
-        torch.distributed.barrier()
+    world, rank, dev, run_dir, ckpt_path = start_run(run_dir, load, device)
     n = len(particles)
     with run_log(run_dir) if rank == 0 else contextlib.nullcontext():
         state = None

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from cryoconf.distributed import dist_info, init_distributed, resolve_device
+from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
 from cryoconf.rundir import (
-    LossCurve, capture_rng_state, list_checkpoints, prepare_run_dir, resolve_checkpoint, restore_rng_state,
+    LossCurve, capture_rng_state, list_checkpoints, restore_rng_state,
     run_log, save_checkpoint, write_config,
 )
 from cryoconf.sbi.config import EXTRA_PARAMETERS, SBIConfig
@@ -157,15 +157,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
         config.training.seed = int(seed)
     config.validate()
     tc = config.training
-    world, rank, local_rank = dist_info()
-    dev = resolve_device(device, local_rank)
-    init_distributed(world, dev)
-    run_dir = Path(run_dir)
-    ckpt_path = resolve_checkpoint(load, run_dir)
-    if rank == 0:
-        prepare_run_dir(run_dir, resume=ckpt_path is not None)
-    if world > 1:
-        torch.distributed.barrier()
+    world, rank, dev, run_dir, ckpt_path = start_run(run_dir, load, device)
 
     with run_log(run_dir) if rank == 0 else contextlib.nullcontext():
         state = None
