@@ -79,6 +79,20 @@ def _value(text: str):
         return yaml.safe_load(text)
 
 
+def parse_common(ap: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
+    """Add the options both recon benchmarks share, parse ``argv`` and apply --threads."""
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ReconConfig settings (YAML values)")
+    ap.add_argument("--workdir", default=str(REPO / "runs" / name))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -93,15 +107,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--downsample", type=int, default=32, help="working box (Fourier crop)")
     ap.add_argument("--lowpass", type=float, default=None, help="low-pass (Å) of data and prediction")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ReconConfig settings (YAML values)")
-    ap.add_argument("--workdir", default=str(REPO / "runs" / "recon_adk"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_common(ap, argv, "recon_adk")
     workdir = Path(args.workdir)
     conf = adk_conformations()
     coords = conf.centered_coords("first")

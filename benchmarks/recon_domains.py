@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_adk import _value, adk_conformations, cpu_seconds, emit  # noqa: E402
+from recon_adk import _value, adk_conformations, cpu_seconds, emit, parse_common  # noqa: E402
 
 from cryoconf.data.dataset import load_particles  # noqa: E402
 from cryoconf.dynamics.metrics import paired_rmsd  # noqa: E402
@@ -46,7 +46,6 @@ from cryoconf.simulation.parameters import sample_truth  # noqa: E402
 from cryoconf.simulation.run import simulate_dataset  # noqa: E402
 from cryoconf.structure.model import Conformations  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def rotation_matrices(axis: np.ndarray, angles_rad: np.ndarray) -> np.ndarray:
@@ -70,15 +69,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--downsample", type=int, default=32)
     ap.add_argument("--moving-deg", type=float, default=5.0)
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ReconConfig settings")
-    ap.add_argument("--workdir", default=str(REPO / "runs" / "recon_domains"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_common(ap, argv, "recon_domains")
     rng = np.random.default_rng(args.seed + 17)
     conf = adk_conformations()
     base = conf.structure(0).with_coords(conf.centered_coords("first")[0])

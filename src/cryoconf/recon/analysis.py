@@ -120,10 +120,9 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     np.savez(keep(out / "pca.npz"), **p)
     voxel = float(state["apix_A"])
     map_box = int(state["box"])
-    travel = {}
+    travel = {}  # PC index → latent points along it
     for k in range(min(2, z.shape[1])):
-        zt = traversal(p, k, n_steps)
-        travel[k] = p["projections"][:, k], zt
+        zt = travel[k] = traversal(p, k, n_steps)
         coords = _decode(model, zt)
         write_pdb(keep(out / f"pc{k + 1}_traversal.pdb"), coords, topology=base)
         if maps:
@@ -152,8 +151,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     if proj.shape[1] >= 2:
         ax.hexbin(proj[:, 0], proj[:, 1], gridsize=50, bins="log", cmap="viridis", mincnt=1)
         for k, colour in ((0, "tab:red"), (1, "tab:orange")):
-            zt = traversal(p, k, n_steps)
-            pt = (zt - p["mean"]) @ p["components"].T
+            pt = (travel[k] - p["mean"]) @ p["components"].T
             ax.plot(pt[:, 0], pt[:, 1], "o-", color=colour, ms=3, label=f"PC{k + 1} traversal")
         ax.set_ylabel(f"PC2 ({100 * p['explained_variance_ratio'][1]:.0f} %)")
         ax.legend(fontsize=8)

@@ -72,10 +72,11 @@ class ReconModel(nn.Module):
         bb = _backbone_atoms(base)
         bb_pairs = geometry.bond_pairs(bb.size, base.chain_breaks[bb])
         self.register_buffer("bond_pairs", torch.as_tensor(bb[bb_pairs.numpy()]).reshape(-1, 2))
-        pairs = geometry.geometry_pairs(base.coords_A, base.chain_breaks, cutoff_A=config.geometry_cutoff_A,
-                                        all_pairs_max=config.geometry_all_pairs_max)
         n = base.n_atoms
-        self.geometry_all_pairs = pairs.shape[0] == n * (n - 1) // 2  # then the loss uses the Gram-matrix path
+        pairs = (geometry.geometry_pairs(base.coords_A, base.chain_breaks, cutoff_A=config.geometry_cutoff_A,
+                                         all_pairs_max=config.geometry_all_pairs_max)
+                 if config.geometry_weight > 0 else torch.zeros(0, 2, dtype=torch.long))
+        self.geometry_all_pairs = n > 1 and pairs.shape[0] == n * (n - 1) // 2  # then the loss uses the Gram path
         self.register_buffer("geometry_pairs", pairs[:0] if self.geometry_all_pairs else pairs)
         if config.clash_weight > 0:
             cp = geometry.clash_pairs(base.coords_A[bb], base.chain_breaks[bb])
@@ -100,10 +101,20 @@ class ReconModel(nn.Module):
         channels = [self.comparison.encoder_input(filtered)]
         if self.config.encoder_reference:
             with torch.no_grad():
-                ref = self.render(self.coords0_A.expand(filtered.shape[0], -1, -1), batch["rotations"],
-                                  batch["shifts_A"], batch["ctf"])
+                ref = self.render_base(batch)
             channels.append(self.comparison.encoder_input(ref))
         return filtered, torch.stack(channels, 1)
+
+    def render_base(self, batch: dict, coords_A: torch.Tensor | None = None) -> torch.Tensor:
+        """Filtered images (B, box, box) of the base structure (or ``coords_A``, (B, N, 3)) in the batch's poses and CTF."""
+        x = self.coords0_A.expand(batch["rotations"].shape[0], -1, -1) if coords_A is None else coords_A
+        return self.render(x, batch["rotations"], batch["shifts_A"], batch["ctf"])
+
+    @torch.no_grad()
+    def initialise_normalisation(self, batch: dict) -> None:
+        """The learned global scale/offset (``scale: learned`` with ``l2``) from this batch, once."""
+        if self.config.scale == "learned" and self.config.image_loss == "l2" and not bool(self.comparison.initialised):
+            self.comparison.initialise_learned(self.render_base(batch), self.prepare(batch)[0])
 
     def loss_gradient_at_base(self, filtered: torch.Tensor, batch: dict) -> torch.Tensor:
         """∂(image loss)/∂x at the base structure (B, N, 3), each particle's scaled to unit RMS.
@@ -113,8 +124,7 @@ class ReconModel(nn.Module):
         """
         with torch.enable_grad():
             x = self.coords0_A.expand(filtered.shape[0], -1, -1).detach().clone().requires_grad_(True)
-            pred = self.render(x, batch["rotations"], batch["shifts_A"], batch["ctf"])
-            loss = self.comparison(pred, filtered.detach()).sum()
+            loss = self.comparison(self.render_base(batch, x), filtered.detach()).sum()
             (g,) = torch.autograd.grad(loss, x)
         rms = g.square().mean((1, 2), keepdim=True).sqrt().clamp_min(1e-20)
         return (g / rms).detach()
@@ -151,12 +161,8 @@ class ReconModel(nn.Module):
         else:
             z, kl = mu, mu.new_zeros(())
         coords = self.decode(z)
-        pred = self.render(coords, batch["rotations"], batch["shifts_A"], batch["ctf"])
-        if cfg.scale == "learned" and cfg.image_loss == "l2" and not bool(self.comparison.initialised):
-            with torch.no_grad():
-                base = self.render(self.coords0_A.expand_as(coords), batch["rotations"], batch["shifts_A"],
-                                   batch["ctf"])
-            self.comparison.initialise_learned(base, data)
+        pred = self.render_base(batch, coords)
+        self.initialise_normalisation(batch)
         terms = {"image": self.comparison(pred, data).mean(), "kl": kl}
         zero = coords.new_zeros(())
         pairs = None if self.geometry_all_pairs else self.geometry_pairs

@@ -178,14 +178,9 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
             start = int(state["epoch"])
             restore_rng_state(state.get("rng"))
             log.info("resumed from %s at epoch %d", ckpt_path, start)
-        elif config.scale == "learned" and config.image_loss == "l2":
-            first = epoch_order(n, config.seed, 0)[:config.batch_size].numpy()
-            b = particles.batch(first, device=dev)
-            with torch.no_grad():
-                data = model.prepare(b)[0]
-                base_images = model.render(model.coords0_A.expand(len(first), -1, -1), b["rotations"], b["shifts_A"],
-                                           b["ctf"])
-            model.comparison.initialise_learned(base_images, data)
+        elif config.scale == "learned" and config.image_loss == "l2":  # before DDP: the same on every rank
+            model.initialise_normalisation(particles.batch(epoch_order(n, config.seed, 0)[:config.batch_size].numpy(),
+                                                           device=dev))
         if rank == 0:
             log.info("recon %s: %d particles of %d px at %.3f Å/px (from %d px at %.3f), %d pseudo-atoms, z dim %d, "
                      "%s; encoder %d parameters, decoder %d; KL weight %.3g; device %s, %d process(es)",
