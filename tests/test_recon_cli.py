@@ -299,7 +299,7 @@ def test_center_moves_the_base_into_the_pose_frame(toy, tmp_path, center):
 # ---- 6. errors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, expected", [
-    ("unknown_model", "--model must be one of residues, segments, got 'bogus'"),
+    ("unknown_model", "--model must be one of residues, segments, rbf, got 'bogus'"),
     ("ranges_without_ranges", "--segment-groups ranges needs --segment-ranges"),
     ("bad_ranges", "--segment-ranges '0-10,x'"),
     ("load_latest_empty", "no checkpoint.N.pt in"),

@@ -23,6 +23,8 @@ particle's pose, shift and CTF for comparison with the image.
                     bond and centering priors (Prins et al.)
   --model segments  a learned soft segmentation of the chain, one rigid motion per
                     segment (cryoSPHERE)
+  --model rbf       Cryofold's RBF model (use --mode ca+sc): learned centres and σ,
+                    z-dependent offsets, backbone bonds and side-chain bounds
 
 Run `cryoconf recon train --help` and `cryoconf recon analyze --help`.
 """
@@ -43,7 +45,7 @@ Multi-GPU: torchrun --nproc-per-node G -m cryoconf recon train … --device cuda
 
 # flag → (ReconConfig field, type, help); defaults come from ReconConfig
 _SETTINGS = [
-    ("--model", "model", str, "residues | segments"),
+    ("--model", "model", str, "residues | segments | rbf"),
     ("--zdim", "latent_dim", int, "latent dimension L"),
     ("--encoder", "encoder", str, "cnn | mlp | backproj"),
     ("--encoder-channels", "encoder_channels", int, "CNN channels per block", "+"),
@@ -61,11 +63,19 @@ _SETTINGS = [
     ("--continuity-weight", "continuity_weight", float, "weight of the continuity loss"),
     ("--clash-weight", "clash_weight", float, "weight of the clash loss (pairs closer than 4 Å)"),
     ("--geometry-cutoff", "geometry_cutoff_A", float, "neighbour-list cutoff (Å) for large proteins"),
+    ("--geometry-pairs", "geometry_pairs_per_step", int,
+     "random residue pairs of the geometry loss per step (0: all pairs, exact but slow)"),
     ("--kl-weight", "kl_weight", str, "KL weight: auto (2/effective pixels) or a number"),
     ("--kl-warmup", "kl_warmup_epochs", float, "epochs of linear KL warm-up"),
     ("--segments", "n_segments", int, "segments per group (model segments)"),
     ("--segment-groups", "segment_groups", str, "whole | chain | ranges"),
     ("--tau", "tau", float, "segmentation temperature τ"),
+    ("--rbf-sigma", "rbf_sigma", str, "model rbf: shared σ or one per residue_type"),
+    ("--sigma-init", "rbf_sigma_init_A", float, "model rbf: initial σ (Å)"),
+    ("--bond-k", "rbf_bond_k", float, "model rbf: backbone bond constant (per Å²; 0: no bonds)"),
+    ("--sidechain-k", "rbf_sidechain_k", float, "model rbf: side-chain bound constant (per Å²; 0: none)"),
+    ("--restraint-weight", "restraint_weight", str, "model rbf: weight of the restraints: auto or a number"),
+    ("--lr-rbf", "lr_rbf", float, "model rbf: learning rate of the RBF centres and σ"),
     ("--epochs", "epochs", int, "total number of epochs"),
     ("-b", "batch_size", int, "batch size"),
     ("--lr", "lr_decoder", float, "learning rate of the encoder and decoder"),
@@ -157,11 +167,12 @@ def build_config(args) -> "ReconConfig":
         settings["variational"] = args.variational
     if getattr(args, "lr_decoder", None) is not None:
         settings["lr_encoder"] = args.lr_decoder
-    if isinstance(settings.get("kl_weight"), str) and settings["kl_weight"] != "auto":
-        try:
-            settings["kl_weight"] = float(settings["kl_weight"])
-        except ValueError as exc:
-            raise InputError(f"--kl-weight must be 'auto' or a number, got {settings['kl_weight']!r}") from exc
+    for name, flag in (("kl_weight", "--kl-weight"), ("restraint_weight", "--restraint-weight")):
+        if isinstance(settings.get(name), str) and settings[name] != "auto":
+            try:
+                settings[name] = float(settings[name])
+            except ValueError as exc:
+                raise InputError(f"{flag} must be 'auto' or a number, got {settings[name]!r}") from exc
     if args.segment_ranges:
         settings["segment_ranges"] = _parse_ranges(args.segment_ranges)
     return ReconConfig.from_dict(settings)

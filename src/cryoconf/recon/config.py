@@ -9,7 +9,7 @@ from cryoconf.errors import InputError
 
 __all__ = ["ReconConfig", "MODELS", "RESUMABLE_CHANGES"]
 
-MODELS = ("residues", "segments")
+MODELS = ("residues", "segments", "rbf")
 # settings that may change when a run is resumed with --load
 RESUMABLE_CHANGES = {"epochs", "checkpoint_every", "num_workers"}
 
@@ -18,7 +18,8 @@ RESUMABLE_CHANGES = {"epochs", "checkpoint_every", "num_workers"}
 class ReconConfig:
     """Everything a ``recon`` run needs besides its inputs' paths.
 
-    Model: ``model`` residues (Prins et al.) | segments (cryoSPHERE); ``latent_dim`` L;
+    Model: ``model`` residues (Prins et al.) | segments (cryoSPHERE) | rbf (Cryofold, Zhong
+    et al.: the residues decoder on learned RBF centres μ with learned σ); ``latent_dim`` L;
     ``variational`` VAE (True) or deterministic autoencoder; ``encoder`` cnn | mlp on the
     image (with ``encoder_reference`` the base rendered in the same pose as a second
     channel) | backproj (an MLP on the image-loss gradient at the base structure).
@@ -32,6 +33,9 @@ class ReconConfig:
     a linear warm-up over ``kl_warmup_epochs``.
     Segments: ``n_segments`` per group, ``segment_groups`` whole | chain | ranges
     (``segment_ranges`` 0-based [start, stop) residue positions), temperature ``tau``.
+    RBF: σ ``rbf_sigma`` shared | residue_type from ``rbf_sigma_init_A``; restraint
+    constants (per Å²) of the backbone bonds and side-chain bounds; ``restraint_weight``
+    (``auto``: 2/effective pixels, the image loss read as a Gaussian NLL).
     """
 
     model: str = "residues"
@@ -60,6 +64,7 @@ class ReconConfig:
     clash_weight: float = 0.0
     geometry_cutoff_A: float = 15.0
     geometry_all_pairs_max: int = 1000
+    geometry_pairs_per_step: int = 4096  # random pairs per optimiser step (≤ 0: all), see geometry.sample_pairs
     # VAE
     kl_weight: float | str = "auto"
     kl_warmup_epochs: float = 1.0
@@ -69,6 +74,12 @@ class ReconConfig:
     segment_ranges: list | None = None
     tau: float = 20.0
     segment_kl_weight: float = 1e-4
+    # rbf (Zhong et al.): learned RBF centres μ, σ; restraint energies in units of the image NLL
+    rbf_sigma: str = "shared"
+    rbf_sigma_init_A: float = 3.71
+    rbf_bond_k: float = 0.1
+    rbf_sidechain_k: float = 0.1
+    restraint_weight: float | str = "auto"  # auto: 2 / effective pixels (the image loss as a Gaussian NLL)
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -76,6 +87,7 @@ class ReconConfig:
     lr_decoder: float = 1e-4
     lr_segmentation: float = 1e-3
     lr_normalisation: float = 1e-3
+    lr_rbf: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 1
     num_workers: int = 0
@@ -109,9 +121,19 @@ class ReconConfig:
         check(self.segment_groups != "ranges" or bool(self.segment_ranges),
               "--segment-groups ranges needs --segment-ranges START-STOP,...")
         check(self.tau > 0, f"--tau must be > 0, got {self.tau}")
+        check(self.rbf_sigma in ("shared", "residue_type"),
+              f"--rbf-sigma must be shared or residue_type, got {self.rbf_sigma!r}")
+        check(math.isfinite(self.rbf_sigma_init_A) and self.rbf_sigma_init_A > 0,
+              f"--sigma-init must be > 0 Å, got {self.rbf_sigma_init_A}")
+        for name in ("rbf_bond_k", "rbf_sidechain_k"):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0 (per Å²), got {v}")
+        check(self.restraint_weight == "auto"
+              or (isinstance(self.restraint_weight, (int, float)) and self.restraint_weight >= 0),
+              f"--restraint-weight must be 'auto' or a number ≥ 0, got {self.restraint_weight!r}")
         check(self.epochs >= 0, f"--epochs must be ≥ 0, got {self.epochs}")
         check(self.batch_size >= 1, f"--batch-size must be ≥ 1, got {self.batch_size}")
-        for name in ("lr_encoder", "lr_decoder", "lr_segmentation", "lr_normalisation"):
+        for name in ("lr_encoder", "lr_decoder", "lr_segmentation", "lr_normalisation", "lr_rbf"):
             check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         check(self.checkpoint_every >= 1, f"--checkpoint-every must be ≥ 1 epoch, got {self.checkpoint_every}")
         return self

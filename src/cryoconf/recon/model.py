@@ -19,24 +19,13 @@ from cryoconf.recon.config import ReconConfig
 from cryoconf.recon.decoders import ResidueDecoder, SegmentDecoder, quaternion_angle_axis
 from cryoconf.recon.encoders import build_encoder
 from cryoconf.recon.images import ImageComparison
+from cryoconf.recon.rbf import RBFDensity
 from cryoconf.recon.segmentation import SegmentationGMM, residue_groups
 from cryoconf.structure.model import Structure
 
 __all__ = ["ReconModel", "LOSS_TERMS"]
 
-LOSS_TERMS = ("image", "kl", "geometry", "bond", "centering", "continuity", "clash", "segment_kl")
-_BACKBONE_NAMES = ("CA", "C1'")
-
-
-def _backbone_atoms(base: Structure) -> np.ndarray:
-    """Index of the one backbone pseudo-atom (Cα, or C1′) of every residue, in order."""
-    is_bb = np.isin(base.atom_names, _BACKBONE_NAMES)
-    idx = np.flatnonzero(is_bb)
-    if idx.size != base.n_residues:  # all-atom or unusual input: first pseudo-atom of each residue
-        _, idx = np.unique(base.residue_index, return_index=True)
-    return idx
-
-
+LOSS_TERMS = ("image", "kl", "geometry", "bond", "centering", "continuity", "clash", "segment_kl", "restraint")
 class ReconModel(nn.Module):
     """Encoder, decoder, renderer and losses for images of ``box`` px at ``apix_A`` Å/px."""
 
@@ -56,8 +45,12 @@ class ReconModel(nn.Module):
         if config.encoder == "backproj":
             enc_kwargs = {"hidden": tuple(config.encoder_hidden), "n_atoms": base.n_atoms}
         self.encoder = build_encoder(config.encoder, box, L, **enc_kwargs)
-        if config.model == "residues":
+        self.rbf = None
+        if config.model in ("residues", "rbf"):
             self.decoder = ResidueDecoder(coords0, L, list(config.decoder_hidden), config.displacement_scale_A)
+            if config.model == "rbf":
+                self.rbf = RBFDensity(base, sigma=config.rbf_sigma, sigma_init_A=config.rbf_sigma_init_A,
+                                      bond_k=config.rbf_bond_k, sidechain_k=config.rbf_sidechain_k)
         else:
             first = np.unique(base.residue_index, return_index=True)[1]
             ranges = [tuple(r) for r in config.segment_ranges] if config.segment_ranges else None
@@ -69,22 +62,23 @@ class ReconModel(nn.Module):
         self.comparison = ImageComparison(box, apix_A, lowpass_A=config.lowpass_A, mask_radius_px=radius,
                                           mask_soft_edge_px=config.mask_soft_edge_px, loss=config.image_loss,
                                           scale=config.scale)
-        bb = _backbone_atoms(base)
+        bb = geometry.backbone_atoms(base)
         bb_pairs = geometry.bond_pairs(bb.size, base.chain_breaks[bb])
         self.register_buffer("bond_pairs", torch.as_tensor(bb[bb_pairs.numpy()]).reshape(-1, 2))
-        n = base.n_atoms
         pairs = (geometry.geometry_pairs(base.coords_A, base.chain_breaks, cutoff_A=config.geometry_cutoff_A,
                                          all_pairs_max=config.geometry_all_pairs_max)
                  if config.geometry_weight > 0 else torch.zeros(0, 2, dtype=torch.long))
-        self.geometry_all_pairs = n > 1 and pairs.shape[0] == n * (n - 1) // 2  # then the loss uses the Gram path
-        self.register_buffer("geometry_pairs", pairs[:0] if self.geometry_all_pairs else pairs)
+        self.register_buffer("geometry_pairs", pairs)
         if config.clash_weight > 0:
             cp = geometry.clash_pairs(base.coords_A[bb], base.chain_breaks[bb])
             self.register_buffer("clash_pairs", torch.as_tensor(bb[cp.numpy()]).reshape(-1, 2))
         else:
             self.register_buffer("clash_pairs", torch.zeros(0, 2, dtype=torch.long))
-        kl = config.kl_weight
+        kl, rw = config.kl_weight, config.restraint_weight
         self.kl_weight = 2.0 / self.comparison.effective_pixels() if kl == "auto" else float(kl)
+        # the image loss × effective pixels / 2 is the Gaussian negative log-likelihood of a normalised image,
+        # the scale in which the RBF restraint energies (k = 0.1 per Å²) are written
+        self.restraint_weight = 2.0 / self.comparison.effective_pixels() if rw == "auto" else float(rw)
 
     # ---- the pieces -------------------------------------------------------------------------
     def prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +101,7 @@ class ReconModel(nn.Module):
 
     def render_base(self, batch: dict, coords_A: torch.Tensor | None = None) -> torch.Tensor:
         """Filtered images (B, box, box) of the base structure (or ``coords_A``, (B, N, 3)) in the batch's poses and CTF."""
-        x = self.coords0_A.expand(batch["rotations"].shape[0], -1, -1) if coords_A is None else coords_A
+        x = self.base_coords().expand(batch["rotations"].shape[0], -1, -1) if coords_A is None else coords_A
         return self.render(x, batch["rotations"], batch["shifts_A"], batch["ctf"])
 
     @torch.no_grad()
@@ -123,7 +117,7 @@ class ReconModel(nn.Module):
         (through the known pose and CTF) onto the residues, in the molecule's frame.
         """
         with torch.enable_grad():
-            x = self.coords0_A.expand(filtered.shape[0], -1, -1).detach().clone().requires_grad_(True)
+            x = self.base_coords().expand(filtered.shape[0], -1, -1).detach().clone().requires_grad_(True)
             loss = self.comparison(self.render_base(batch, x), filtered.detach()).sum()
             (g,) = torch.autograd.grad(loss, x)
         rms = g.square().mean((1, 2), keepdim=True).sqrt().clamp_min(1e-20)
@@ -134,13 +128,20 @@ class ReconModel(nn.Module):
         mu, logvar = self.encoder(encoder_input)
         return mu, -3.0 + 9.0 * torch.tanh((logvar + 3.0) / 9.0) if self.config.variational else logvar
 
+    def base_coords(self) -> torch.Tensor:
+        """The structure at z's origin (N, 3) Å: the base, or with ``rbf`` the learned RBF centres μ."""
+        return self.coords0_A if self.rbf is None else self.rbf.centres_A
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Structures (B, N, 3) Å in the frame of the poses."""
+        """Structures (B, N, 3) Å in the frame of the poses (``rbf``: μ + D(z), Zhong et al.)."""
+        if self.rbf is not None:
+            return self.rbf.centres_A + self.decoder.displacements(z)
         return self.decoder(z)
 
     def render(self, coords_A: torch.Tensor, rotations, shifts_A, ctf) -> torch.Tensor:
         """Filtered predicted images (B, box, box) of structures ``coords_A`` (B, N, 3)."""
-        images = render_images(coords_A, self.amplitudes_e, self.sigmas_A, rotations, shifts_A, ctf, self.box,
+        sigmas = self.sigmas_A if self.rbf is None else self.rbf.sigmas_A()
+        images = render_images(coords_A, self.amplitudes_e, sigmas, rotations, shifts_A, ctf, self.box,
                                self.apix_A, pad_factor=self.config.pad_factor, projector=self.config.projector)
         return self.comparison.filter(images)
 
@@ -165,7 +166,8 @@ class ReconModel(nn.Module):
         self.initialise_normalisation(batch)
         terms = {"image": self.comparison(pred, data).mean(), "kl": kl}
         zero = coords.new_zeros(())
-        pairs = None if self.geometry_all_pairs else self.geometry_pairs
+        pairs = (geometry.sample_pairs(self.geometry_pairs, cfg.geometry_pairs_per_step) if self.training
+                 else self.geometry_pairs)
         terms["geometry"] = (geometry.geometry_degradation_loss(coords, self.coords0_A, pairs)
                              if cfg.geometry_weight > 0 else zero)
         terms["bond"] = geometry.bond_loss(coords, self.bond_pairs) if cfg.bond_weight > 0 else zero
@@ -174,10 +176,11 @@ class ReconModel(nn.Module):
                                if cfg.continuity_weight > 0 else zero)
         terms["clash"] = geometry.clash_loss(coords, self.clash_pairs) if cfg.clash_weight > 0 else zero
         terms["segment_kl"] = self.decoder.segmentation.kl() if cfg.model == "segments" else zero
+        terms["restraint"] = sum(self.rbf.restraint_energy(coords).values()) if self.rbf is not None else zero
         total = (terms["image"] + self.kl_weight * kl_scale * kl + cfg.geometry_weight * terms["geometry"]
                  + cfg.bond_weight * terms["bond"] + cfg.centering_weight * terms["centering"]
                  + cfg.continuity_weight * terms["continuity"] + cfg.clash_weight * terms["clash"]
-                 + cfg.segment_kl_weight * terms["segment_kl"])
+                 + cfg.segment_kl_weight * terms["segment_kl"] + self.restraint_weight * terms["restraint"])
         terms["total"] = total
         terms["mu"] = mu
         return terms

@@ -83,6 +83,9 @@ def _structure_dict(s: Structure) -> dict:
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ; a setting the checkpoint lacks (written by an older cryoconf) counts as its default."""
+    defaults = ReconConfig().to_dict()
+    old = {**defaults, **old}
     return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
@@ -170,6 +173,8 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
         ]
         if config.model == "segments":
             groups.append({"params": list(model.decoder.segmentation.parameters()), "lr": config.lr_segmentation})
+        if model.rbf is not None:
+            groups.append({"params": list(model.rbf.parameters()), "lr": config.lr_rbf})
         optimizer = torch.optim.Adam([g for g in groups if g["params"]])
         start = 0
         if state is not None:

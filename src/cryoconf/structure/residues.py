@@ -45,6 +45,7 @@ __all__ = [
     "RESIDUE_ELECTRONS",
     "BACKBONE_ELECTRONS",
     "SIDECHAIN_ELECTRONS",
+    "SIDECHAIN_CENTROID_MAX_A",
     "RESIDUE_SIGMA_A",
     "BACKBONE_ATOMS",
     "CAPPING_GROUPS",
@@ -105,6 +106,16 @@ BACKBONE_ELECTRONS: dict[str, int] = {
 }
 #: Side-chain electrons (e): the residue minus its backbone (GLY: 0).
 SIDECHAIN_ELECTRONS: dict[str, int] = {k: RESIDUE_ELECTRONS[k] - BACKBONE_ELECTRONS[k] for k in AMINO_ACIDS}
+
+#: Typical largest Cα–side-chain-centroid distance (Å, heavy-atom centroid): the largest over the 102
+#: frames of the ADK closed→open trajectory rounded up to 0.1 Å and + 0.1 Å (TRP, absent from ADK: an
+#: extended-rotamer estimate). The fallback bound of the RBF side-chain restraint when a starting model
+#: has no usable side chains.
+SIDECHAIN_CENTROID_MAX_A: dict[str, float] = {
+    "ALA": 1.8, "SER": 2.2, "CYS": 2.3, "THR": 2.3, "VAL": 2.3, "PRO": 2.1, "ILE": 2.7, "LEU": 3.0,
+    "ASP": 2.9, "ASN": 2.8, "GLU": 3.7, "GLN": 3.7, "MET": 3.7, "HIS": 3.7, "PHE": 3.8, "LYS": 4.3,
+    "TYR": 4.2, "TRP": 4.3, "ARG": 5.1,
+}
 
 #: Per-residue-type Gaussian width σ (Å); see the module docstring for the derivation.
 RESIDUE_SIGMA_A: dict[str, float] = {
