@@ -1,0 +1,204 @@
+"""The ``fit`` loop: warm-up (σ, a0), reset of the centres, then SGD on the centres with a cosine decay.
+
+Epochs visit the particles in an order drawn from (seed, epoch) (as in ``recon``), so
+``--load latest`` continues exactly. The run directory gets ``config.yaml``,
+``run.log``, ``checkpoint.N.pt`` (N = epoch, warm-up included), ``loss.csv``/``loss.png``
+and at the end ``fitted.pdb`` (B-factor = Cα/side-chain displacement from the start, Å),
+``displacements.csv`` and ``fit.json`` (σ, a0, summary; errors against ``--reference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoconf.distributed import start_run
+from cryoconf.errors import InputError
+from cryoconf.fit.config import RESUMABLE_CHANGES, FitConfig
+from cryoconf.fit.model import FIT_TERMS, HomogeneousRBF
+from cryoconf.fit.report import displacement_report, match_reference, write_displacements
+from cryoconf.recon.data import ReconParticles
+from cryoconf.recon.training import epoch_order
+from cryoconf.rundir import (
+    LossCurve, capture_rng_state, restore_rng_state, run_log, save_checkpoint, write_config,
+)
+from cryoconf.structure.model import Structure
+from cryoconf.structure.writers import write_pdb
+
+__all__ = ["fit_structure", "FitResult", "centre_lr_factor"]
+
+log = logging.getLogger("cryoconf.fit")
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    model: HomogeneousRBF
+    epoch: int
+    fitted_A: np.ndarray
+    summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def centre_lr_factor(config: FitConfig, epoch_float: float) -> float:
+    """Multiplier of the centres' learning rate: 1 in the warm-up, then a cosine from 1 to ``lr_final_frac``."""
+    if epoch_float < config.warmup_epochs or config.epochs == 0:
+        return 1.0
+    t = min(1.0, (epoch_float - config.warmup_epochs) / config.epochs)
+    f = config.lr_final_frac
+    return f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+
+
+def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure, run_dir, *, load=None,
+                  device: str | None = None, progress: bool = True, inputs: dict | None = None,
+                  reference: Structure | None = None) -> FitResult:
+    """Fit the RBF model started at ``start`` (pose frame, ``ca+sc`` or ``ca``) to ``particles``.
+
+    ``reference``: a known structure (same residues) to report Cα errors against.
+    """
+    config.validate()
+    world, rank, dev, run_dir, ckpt_path = start_run(run_dir, load, device)
+    if world > 1:
+        raise InputError("cryoconf fit runs in one process (its model is one structure); run it without torchrun")
+    ref_ca = match_reference(start, reference) if reference is not None else None
+    n = len(particles)
+    with run_log(run_dir):
+        state = None
+        if ckpt_path is not None:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            diffs = _differences(state.get("config") or {}, config.to_dict())
+            if diffs:
+                raise InputError(f"--load {ckpt_path}: settings differ from the checkpoint's: " + "; ".join(diffs))
+            if not np.allclose(np.asarray(state["start_A"]), start.coords_A, atol=1e-3) \
+                    or int(state["n_particles"]) != n:
+                raise InputError(f"--load {ckpt_path}: another starting structure or other particles than the "
+                                 "checkpoint's; resume with the same inputs")
+        write_config(run_dir, {"inputs": inputs or {}, "fit": config.to_dict(),
+                               "image": {"box": particles.box, "apix_A": particles.apix_A, "n_particles": n,
+                                         "original_box": particles.original_box,
+                                         "original_apix_A": particles.original_apix_A}})
+        torch.manual_seed(config.seed)
+        model = HomogeneousRBF(config, start, particles.box, particles.apix_A).to(dev)
+        optimizer = _optimizer(model, config)
+        done = 0
+        if state is not None:
+            model.load_state_dict(state["model_state"])
+            optimizer.load_state_dict(state["optimizer_state"])
+            done = int(state["epoch"])
+            restore_rng_state(state.get("rng"))
+            log.info("resumed from %s at epoch %d", ckpt_path, done)
+        else:
+            model.initialise_scale(particles.batch(epoch_order(n, config.seed, 0)[:config.batch_size].numpy(),
+                                                   device=dev))
+        log.info("fit: %d particles of %d px at %.3f Å/px, %d RBFs (%d side chains), σ %s, restraint weight %.3g; "
+                 "%d warm-up + %d epochs", n, particles.box, particles.apix_A, model.rbf.n_rbf,
+                 int(model.rbf.sidechain_pairs.shape[0]), config.sigma, model.restraint_weight,
+                 config.warmup_epochs, config.epochs)
+        curve = LossCurve(run_dir, ["total", *FIT_TERMS, "sigma_A", "lr_factor"])
+        n_batches = math.ceil(n / config.batch_size)
+        if state is not None:
+            curve.truncate_after(done * n_batches)
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        model.train()
+        centre_group = optimizer.param_groups[0]
+        for epoch in range(done, config.total_epochs):
+            order = epoch_order(n, config.seed, epoch)
+            phase = "warm-up" if epoch < config.warmup_epochs else "fit"
+            bar = tqdm(total=n, desc=f"fit {phase} epoch {epoch + 1}/{config.total_epochs}", unit="particle",
+                       disable=not progress)
+            sums = dict.fromkeys(("total", *FIT_TERMS), 0.0)
+            for bi in range(n_batches):
+                factor = centre_lr_factor(config, epoch + bi / n_batches)
+                centre_group["lr"] = config.lr_centres_A * factor
+                batch = particles.batch(order[bi * config.batch_size:(bi + 1) * config.batch_size].numpy(), device=dev)
+                out = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                out["total"].backward()
+                total = float(out["total"].detach())
+                if not math.isfinite(total):
+                    raise FloatingPointError(f"fit: non-finite loss at epoch {epoch + 1}, batch {bi + 1}; lower "
+                                             "--lr or check the particles")
+                optimizer.step()
+                values = {k: float(out[k].detach()) for k in ("total", *FIT_TERMS)}
+                for k, v in values.items():
+                    sums[k] += v
+                curve.add(epoch * n_batches + bi + 1, **values, sigma_A=float(model.rbf.sigmas_A().detach().mean()),
+                          lr_factor=factor)
+                bar.update(batch["images"].shape[0])
+                bar.set_postfix(loss=f"{total:.4f}", sigma=f"{float(model.rbf.sigmas_A().detach().mean()):.2f}")
+            bar.close()
+            if epoch + 1 == config.warmup_epochs:
+                _end_warmup(model, optimizer)
+                log.info("warm-up done: σ %.3f Å, a0 %.4g; centres reset to the start",
+                         float(model.rbf.sigmas_A().detach().mean()), model.a0())
+            means = {k: v / n_batches for k, v in sums.items()}
+            log.info("epoch %d: %s; %.1f s", epoch + 1, ", ".join(f"{k} {v:.5g}" for k, v in means.items()),
+                     time.perf_counter() - t0)
+            curve.flush()
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.total_epochs:
+                save_checkpoint(run_dir, epoch + 1, {
+                    "config": config.to_dict(), "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(), "epoch": epoch + 1, "rng": capture_rng_state(),
+                    "start_A": start.coords_A, "n_particles": n, "box": particles.box, "apix_A": particles.apix_A})
+        seconds = time.perf_counter() - t0
+        curve.flush()
+        curve.plot(title=f"cryoconf fit: {run_dir.name}", smooth=max(1, n_batches // 4))
+        fitted = model.rbf.centres_A.detach().cpu().numpy().astype(np.float64)
+        summary = _write_outputs(run_dir, model, start, fitted, ref_ca)
+        log.info("fit done: RMS Cα displacement %.2f Å%s", summary["rms_ca_displacement_A"],
+                 f", Cα RMSD to the reference {summary['ca_rmsd_start_A']:.2f} → {summary['ca_rmsd_fit_A']:.2f} Å"
+                 if ref_ca is not None else "")
+    return FitResult(run_dir=run_dir, model=model, epoch=max(done, config.total_epochs), fitted_A=fitted,
+                     summary=summary, seconds=seconds)
+
+
+def _optimizer(model: HomogeneousRBF, config: FitConfig) -> torch.optim.Adam:
+    groups = [{"params": [model.rbf.centres_A], "lr": config.lr_centres_A},
+              {"params": [model.rbf.log_sigma_A], "lr": config.lr_sigma}]
+    scale = [p for p in model.comparison.parameters() if p.requires_grad]
+    if scale:
+        groups.append({"params": scale, "lr": config.lr_scale})
+    return torch.optim.Adam(groups)
+
+
+def _end_warmup(model: HomogeneousRBF, optimizer: torch.optim.Optimizer) -> None:
+    """The paper's warm-up end: the centres back to the start, their Adam moments cleared (σ, a0 kept)."""
+    model.rbf.reset_centres()
+    optimizer.state.pop(model.rbf.centres_A, None)
+
+
+def _write_outputs(run_dir: Path, model: HomogeneousRBF, start: Structure, fitted: np.ndarray, ref_ca) -> dict:
+    rows, summary = displacement_report(start, fitted, ref_ca)
+    write_displacements(run_dir / "displacements.csv", rows)
+    disp = np.linalg.norm(fitted - start.coords_A, axis=1)
+    write_pdb(run_dir / "fitted.pdb", start.with_coords(fitted.astype(np.float32)), bfactors=disp)
+    sig = model.rbf.sigmas_A().detach().cpu().numpy()
+    summary.update({"sigma_A": {t: float(np.exp(v)) for t, v in
+                                zip(model.rbf.sigma_types, model.rbf.log_sigma_A.detach().cpu().numpy())},
+                    "mean_sigma_A": float(sig.mean()), "a0": model.a0(), "restraint_weight": model.restraint_weight,
+                    "bond_length_rms_dev_A": _bond_rms(model, fitted)})
+    (run_dir / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _bond_rms(model: HomogeneousRBF, fitted: np.ndarray) -> float:
+    p = model.rbf.bond_pairs.cpu().numpy()
+    if p.size == 0:
+        return 0.0
+    d = np.linalg.norm(fitted[p[:, 0]] - fitted[p[:, 1]], axis=1)
+    return float(np.sqrt(((d - 3.8) ** 2).mean()))

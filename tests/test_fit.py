@@ -1,0 +1,128 @@
+"""`cryoconf fit`: a noise-free toy refines a perturbed structure; warm-up, resume, report, CLI and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _recon_helpers import simulate_toy, two_domain_chain
+from test_rbf import ca_sc_structure
+from cryoconf.cli.main import main
+from cryoconf.errors import InputError
+from cryoconf.fit import FitConfig, fit_structure
+from cryoconf.fit.report import displacement_report, match_reference
+from cryoconf.fit.training import centre_lr_factor
+from cryoconf.recon import ReconParticles
+from cryoconf.recon.geometry import backbone_atoms
+from cryoconf.structure.writers import write_pdb
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A 20-residue ca+sc toy, 256 noise-free particles (box 32, 2 Å/px), and a start ~1 Å RMS away."""
+    truth = ca_sc_structure(two_domain_chain(20), names=["LEU", "GLY"] * 10)
+    ds, _ = simulate_toy(tmp_path_factory.mktemp("fit"), truth.coords_A[None], truth, n=256, box=32)
+    rng = np.random.default_rng(1)
+    start = truth.with_coords((truth.coords_A + rng.normal(0, 0.7, truth.coords_A.shape)).astype(np.float32))
+    return truth, start, ReconParticles(ds, progress=False), ds
+
+
+def _cfg(**kw) -> FitConfig:
+    base = dict(sigma_init_A=2.0, warmup_epochs=1, epochs=8, batch_size=16, lr_centres_A=0.05, lr_sigma=0.02)
+    return FitConfig(**{**base, **kw})
+
+
+def test_noise_free_fit_refines_towards_truth(tmp_path, toy):
+    truth, start, particles, _ = toy
+    ref_ca = match_reference(start, truth)
+    res = fit_structure(_cfg(), particles, start, tmp_path / "run", progress=False, reference=truth)
+    s = res.summary
+    assert s["ca_rmsd_start_A"] > 0.9
+    assert s["ca_rmsd_fit_A"] < 0.45 * s["ca_rmsd_start_A"]  # measured 0.97 → 0.37 Å
+    bb = backbone_atoms(start)
+    assert np.sqrt(((res.fitted_A[bb] - ref_ca) ** 2).sum(1).mean()) == pytest.approx(s["ca_rmsd_fit_A"], rel=1e-6)
+    # the simulated σ is 2 Å everywhere: the fitted σ stays close
+    assert s["mean_sigma_A"] == pytest.approx(2.0, abs=0.3)
+    for name in ("fitted.pdb", "displacements.csv", "fit.json", "loss.csv", "loss.png", "config.yaml",
+                 "checkpoint.9.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert json.loads((tmp_path / "run" / "fit.json").read_text())["ca_rmsd_fit_A"] == pytest.approx(s["ca_rmsd_fit_A"])
+
+
+def test_no_image_ablation_only_fixes_restraints(tmp_path, toy):
+    truth, start, particles, _ = toy
+    res = fit_structure(_cfg(image_weight=0.0, restraint_weight=1.0, epochs=3), particles, start, tmp_path / "run",
+                        progress=False, reference=truth)
+    # without the images nothing pulls towards the truth: the bonds get closer to 3.8 Å, the RMSD barely moves
+    assert res.summary["bond_length_rms_dev_A"] < 0.5
+    assert res.summary["ca_rmsd_fit_A"] > 0.6 * res.summary["ca_rmsd_start_A"]
+
+
+def test_warmup_resets_centres_and_keeps_sigma(tmp_path, toy):
+    _, start, particles, _ = toy
+    res = fit_structure(_cfg(epochs=0, lr_sigma=0.05), particles, start, tmp_path / "run", progress=False)
+    np.testing.assert_allclose(res.fitted_A, start.coords_A, atol=1e-6)  # the centres were put back
+    assert res.model.rbf.log_sigma_A.grad is not None  # σ was trained in the warm-up
+    assert res.summary["mean_sigma_A"] == pytest.approx(2.0, abs=0.3)
+
+
+def test_centre_learning_rate_schedule():
+    c = FitConfig(warmup_epochs=1, epochs=4, lr_final_frac=0.1)
+    assert centre_lr_factor(c, 0.5) == 1.0
+    assert centre_lr_factor(c, 1.0) == pytest.approx(1.0)
+    assert centre_lr_factor(c, 3.0) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert centre_lr_factor(c, 5.0) == pytest.approx(0.1)
+
+
+def test_resume_equals_straight_run(tmp_path, toy):
+    _, start, particles, _ = toy
+    straight = fit_structure(_cfg(epochs=2), particles, start, tmp_path / "a", progress=False)
+    fit_structure(_cfg(epochs=0), particles, start, tmp_path / "b", progress=False)
+    resumed = fit_structure(_cfg(epochs=2), particles, start, tmp_path / "b", load="latest", progress=False)
+    torch.testing.assert_close(torch.as_tensor(resumed.fitted_A), torch.as_tensor(straight.fitted_A), rtol=0,
+                               atol=1e-6)
+    with pytest.raises(InputError, match="settings differ"):
+        fit_structure(_cfg(epochs=3, bond_k=0.2), particles, start, tmp_path / "b", load="latest", progress=False)
+
+
+def test_report_values_and_reference_mismatch(toy):
+    truth, start, *_ = toy
+    moved = start.coords_A.astype(np.float64).copy()
+    moved[0] += [3.0, 4.0, 0.0]  # the first Cα moves 5 Å
+    rows, summary = displacement_report(start, moved, match_reference(start, truth))
+    assert rows[0]["ca_displacement_A"] == pytest.approx(5.0) and rows[1]["ca_displacement_A"] == 0.0
+    assert rows[1]["sidechain_displacement_A"] == ""  # residue 2 is a glycine
+    assert summary["max_ca_displacement_A"] == pytest.approx(5.0)
+    assert summary["rms_ca_displacement_A"] == pytest.approx(5.0 / np.sqrt(20))
+    other = ca_sc_structure(two_domain_chain(20), names=["LEU", "ALA"] * 10)
+    with pytest.raises(InputError, match="residue 1 is ALA 2"):
+        match_reference(start, other)
+
+
+def test_cli_fit_ca_mode(tmp_path, toy):
+    truth, start, _, ds = toy
+    bb = backbone_atoms(start)
+    pdb_start, pdb_ref = tmp_path / "start.pdb", tmp_path / "truth.pdb"
+    from test_rbf import Structure  # noqa: F401  (the Structure type of the toy)
+
+    write_pdb(pdb_start, _ca(start, bb))
+    write_pdb(pdb_ref, _ca(truth, bb))
+    star = str(ds.metadata.source)
+    rc = main(["fit", star, "--structure", str(pdb_start), "--reference", str(pdb_ref), "--mode", "ca",
+               "-o", str(tmp_path / "run"), "--warmup", "0", "--epochs", "1", "-b", "64", "--no-progress"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert summary["n_residues"] == 20 and "pct_within_3A_fit" in summary
+    rc = main(["fit", star, "--structure", str(pdb_start), "--mode", "ca", "-o", str(tmp_path / "bad"),
+               "--sigma", "huge", "--no-progress"])
+    assert rc == 2
+
+
+def _ca(s, bb):
+    return s.__class__(coords_A=s.coords_A[bb], atom_names=s.atom_names[bb], residue_names=s.residue_names[bb],
+                       residue_numbers=s.residue_numbers[bb], chain_ids=s.chain_ids[bb],
+                       amplitudes_e=s.amplitudes_e[bb], sigmas_A=s.sigmas_A[bb], residue_index=np.arange(bb.size),
+                       chain_breaks=s.chain_breaks[bb])
