@@ -106,8 +106,6 @@ def test_cli_fit_ca_mode(tmp_path, toy):
     truth, start, _, ds = toy
     bb = backbone_atoms(start)
     pdb_start, pdb_ref = tmp_path / "start.pdb", tmp_path / "truth.pdb"
-    from test_rbf import Structure  # noqa: F401  (the Structure type of the toy)
-
     write_pdb(pdb_start, _ca(start, bb))
     write_pdb(pdb_ref, _ca(truth, bb))
     star = str(ds.metadata.source)

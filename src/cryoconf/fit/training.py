@@ -9,7 +9,6 @@ and at the end ``fitted.pdb`` (B-factor = Cα/side-chain displacement from the s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
