@@ -47,6 +47,8 @@ VARIANTS = {
     "residues_no_geometry": {"model": "residues", "geometry_weight": 0.0},
     # cryoSPHERE's objective: correlation loss, no geometry or bond prior
     "segments": {"model": "segments", "n_segments": 4, "image_loss": "corr", "geometry_weight": 0.0, "bond_weight": 0.0},
+    # Cryofold's objective on the Cα data: one RBF per residue (learned centres and σ), bonds k = 0.1
+    "rbf": {"model": "rbf", "geometry_weight": 0.0, "bond_weight": 0.0},
 }
 
 

@@ -96,8 +96,9 @@ def test_backprojection_encoder_separates_two_conformations(tmp_path, chain):
     ds, truth = simulate_toy(tmp_path / "data", confs, top, n=256)
     particles = ReconParticles(ds, progress=False)
     torch.manual_seed(0)
+    # Prins et al.'s geometry weight: noise-free images of a rigid rotation (median RMSD 1.77 Å at 0.01)
     cfg = ReconConfig(encoder="backproj", encoder_hidden=[256, 128], latent_dim=2, epochs=20, batch_size=32,
-                      lr_encoder=1e-3, lr_decoder=1e-3)
+                      lr_encoder=1e-3, lr_decoder=1e-3, geometry_weight=0.05)
     res = train_recon(cfg, particles, top, tmp_path / "run", progress=False)
     model = res.model.eval()
     z = torch.from_numpy(encode_particles(model, particles))

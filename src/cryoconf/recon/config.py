@@ -57,7 +57,7 @@ class ReconConfig:
     projector: str = "point"
     pad_factor: int = 1
     # structural priors
-    geometry_weight: float = 0.05
+    geometry_weight: float = 0.01  # Prins et al.: 0.05 (see docs/recon.md: too strong at SNR 0.01 with our normalised image loss)
     bond_weight: float = 0.005
     centering_weight: float = 0.0  # Prins et al.: 0.1 (see docs/recon.md: biased when the centroid moves)
     continuity_weight: float = 0.0
