@@ -272,7 +272,8 @@ def run_sbi_demo(args, psf: str, dcd: str) -> int:
     write_demo_config(config, args.sbi_steps, args.seed)
 
     t0 = time.perf_counter()
-    code = main(["sbi", "train", str(config), "-o", str(run_dir), "--steps", str(args.sbi_steps)])
+    load = ["--load", "latest"] if list(run_dir.glob("checkpoint.*.pt")) else []  # an interrupted demo resumes
+    code = main(["sbi", "train", str(config), "-o", str(run_dir), "--steps", str(args.sbi_steps), *load])
     if code:
         return code
     train_s = time.perf_counter() - t0
