@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_adk import ADK, _value, cpu_seconds, emit  # noqa: E402
+from recon_adk import ADK, _value, cpu_seconds, emit, simulate  # noqa: E402
 
 from cryoconf.data.dataset import load_particles  # noqa: E402
 from cryoconf.dynamics.anm import compute_anm_modes  # noqa: E402
@@ -40,9 +40,6 @@ from cryoconf.dynamics.ensembles.modes import boltzmann_variances  # noqa: E402
 from cryoconf.fit import FitConfig, fit_structure  # noqa: E402
 from cryoconf.recon import ReconParticles  # noqa: E402
 from cryoconf.recon.geometry import backbone_atoms  # noqa: E402
-from cryoconf.simulation.config import SimulationConfig  # noqa: E402
-from cryoconf.simulation.parameters import sample_truth  # noqa: E402
-from cryoconf.simulation.run import simulate_dataset  # noqa: E402
 from cryoconf.structure.readers import read_conformations  # noqa: E402
 from cryoconf.structure.model import Structure  # noqa: E402
 
@@ -58,16 +55,6 @@ def adk_frame0(mode: str):
     except ImportError:
         top, traj = ADK / "adk4ake.psf", ADK / "dims0001_fit-core.dcd"
     return read_conformations(top, traj, mode=mode, frames=[0])
-
-
-def simulate(conf, snr: float, n: int, workdir: Path, seed: int) -> Path:
-    out = workdir / f"data_allatom_snr{snr:g}_n{n}_seed{seed}"
-    if (out / "truth.npz").exists():
-        return out
-    cfg = SimulationConfig(n_particles=n, box=64, apix_A=1.5, seed=seed, defocus_A=(5000.0, 15000.0),
-                           shift_A=3.0, snr=(snr, snr), snr_definition="box", center="first", pad_factor=2)
-    simulate_dataset(conf, sample_truth(cfg, len(conf)), cfg, out, progress=False)
-    return out
 
 
 def restore_bonds(ca_A: np.ndarray, steps: int = 300) -> np.ndarray:
@@ -140,7 +127,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     t = time.perf_counter()
-    data = simulate(adk_frame0("allatom"), args.snr, args.n, workdir, args.seed)
+    data = simulate(adk_frame0("allatom"), args.snr, args.n, workdir, args.seed, tag="allatom_")
     sim_s = time.perf_counter() - t
     dataset = load_particles(data / "particles.star", require_poses=True)
     particles = ReconParticles(dataset, settings.get("downsample_box"), progress=args.progress)

@@ -61,8 +61,9 @@ def adk_conformations():
     return read_conformations(top, traj, mode="ca")
 
 
-def simulate(conf, snr: float, n: int, workdir: Path, seed: int) -> Path:
-    out = workdir / f"data_snr{snr:g}_n{n}_seed{seed}"
+def simulate(conf, snr: float, n: int, workdir: Path, seed: int, tag: str = "") -> Path:
+    """The benchmark's particles of ``conf`` (cached in ``workdir``/data_{tag}snr…)."""
+    out = workdir / f"data_{tag}snr{snr:g}_n{n}_seed{seed}"
     if (out / "truth.npz").exists():
         return out
     cfg = SimulationConfig(n_particles=n, box=64, apix_A=1.5, seed=seed, defocus_A=(5000.0, 15000.0),

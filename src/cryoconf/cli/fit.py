@@ -106,19 +106,15 @@ def build_config(args):
 def run(args) -> int:
     import torch
 
-    from cryoconf.data.dataset import load_particles
+    from cryoconf.cli.recon import read_particles_and_structure
     from cryoconf.fit import fit_structure
-    from cryoconf.recon import ReconParticles, base_in_pose_frame
+    from cryoconf.recon import base_in_pose_frame
     from cryoconf.structure.readers import read_structure
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = build_config(args)
-    dataset = load_particles(args.particles, datadir=args.datadir, ind=args.ind, poses=args.poses, ctf=args.ctf,
-                             apix=args.apix, require_poses=True)
-    particles = ReconParticles(dataset, config.downsample_box, lazy=args.lazy, progress=not args.no_progress)
-    start = read_structure(args.structure, mode=args.mode, selection=args.selection)
-    start = base_in_pose_frame(start, args.center, particles.original_box, particles.original_apix_A)
+    particles, start = read_particles_and_structure(args, config.downsample_box)
     reference = None
     if args.reference:
         reference = read_structure(args.reference, mode=args.mode, selection=args.selection)

@@ -178,21 +178,29 @@ def build_config(args) -> "ReconConfig":
     return ReconConfig.from_dict(settings)
 
 
+def read_particles_and_structure(args, downsample_box, structure=None):
+    """The particles (ReconParticles at ``downsample_box``) and ``structure`` (default ``args.structure``) in
+    the frame of the poses, from the shared particle and structure flags of ``recon train`` and ``fit``."""
+    from cryoconf.data.dataset import load_particles
+    from cryoconf.recon import ReconParticles, base_in_pose_frame
+    from cryoconf.structure.readers import read_structure
+
+    dataset = load_particles(args.particles, datadir=args.datadir, ind=args.ind, poses=args.poses, ctf=args.ctf,
+                             apix=args.apix, require_poses=True)
+    particles = ReconParticles(dataset, downsample_box, lazy=args.lazy, progress=not args.no_progress)
+    base = read_structure(structure or args.structure, mode=args.mode, selection=args.selection)
+    return particles, base_in_pose_frame(base, args.center, particles.original_box, particles.original_apix_A)
+
+
 def run_train(args) -> int:
     import torch
 
-    from cryoconf.data.dataset import load_particles
-    from cryoconf.recon import ReconParticles, base_in_pose_frame, train_recon
-    from cryoconf.structure.readers import read_structure
+    from cryoconf.recon import train_recon
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = build_config(args)
-    dataset = load_particles(args.particles, datadir=args.datadir, ind=args.ind, poses=args.poses, ctf=args.ctf,
-                             apix=args.apix, require_poses=True)
-    particles = ReconParticles(dataset, config.downsample_box, lazy=args.lazy, progress=not args.no_progress)
-    base = read_structure(args.structure, mode=args.mode, selection=args.selection)
-    base = base_in_pose_frame(base, args.center, particles.original_box, particles.original_apix_A)
+    particles, base = read_particles_and_structure(args, config.downsample_box)
     inputs = {k: getattr(args, k) for k in ("particles", "structure", "datadir", "poses", "ctf", "ind", "mode",
                                              "center", "selection")}
     result = train_recon(config, particles, base, args.output, load=args.load, device=args.device,
