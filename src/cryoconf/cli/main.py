@@ -15,7 +15,7 @@ import sys
 from cryoconf import __version__
 from cryoconf.errors import InputError
 
-COMMANDS = ["simulate", "convert", "demo", "evaluate", "ensemble", "anm", "sbi", "baseline", "recon", "fit"]
+COMMANDS = ["simulate", "convert", "demo", "evaluate", "ensemble", "anm", "sbi", "svi", "baseline", "recon", "fit"]
 
 
 def build_parser() -> argparse.ArgumentParser:
