@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_adk import ADK, _value, cpu_seconds, emit, simulate  # noqa: E402
+from recon_adk import _value, adk_conformations, cpu_seconds, emit, simulate  # noqa: E402
 
 from cryoconf.data.dataset import load_particles  # noqa: E402
 from cryoconf.dynamics.anm import compute_anm_modes  # noqa: E402
@@ -40,7 +40,6 @@ from cryoconf.dynamics.ensembles.modes import boltzmann_variances  # noqa: E402
 from cryoconf.fit import FitConfig, fit_structure  # noqa: E402
 from cryoconf.recon import ReconParticles  # noqa: E402
 from cryoconf.recon.geometry import backbone_atoms  # noqa: E402
-from cryoconf.structure.readers import read_conformations  # noqa: E402
 from cryoconf.structure.model import Structure  # noqa: E402
 
 STARTS = ("exact", "approximate", "uniform6", "random")
@@ -48,13 +47,8 @@ ABLATIONS = {"no_sidechains": {}, "no_bonds": {"bond_k": 0.0}, "no_image": {"ima
 
 
 def adk_frame0(mode: str):
-    """ADK frame 0 as one-conformation Conformations (centred like the simulation's ``center='first'``)."""
-    try:
-        from MDAnalysisTests.datafiles import DCD2, PSF
-        top, traj = PSF, DCD2
-    except ImportError:
-        top, traj = ADK / "adk4ake.psf", ADK / "dims0001_fit-core.dcd"
-    return read_conformations(top, traj, mode=mode, frames=[0])
+    """ADK frame 0 as one-conformation Conformations, as stored."""
+    return adk_conformations(mode, frames=[0])
 
 
 def restore_bonds(ca_A: np.ndarray, steps: int = 300) -> np.ndarray:

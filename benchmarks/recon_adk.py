@@ -52,13 +52,14 @@ VARIANTS = {
 }
 
 
-def adk_conformations():
+def adk_conformations(mode: str = "ca", frames=None):
+    """The ADK closed→open trajectory (MDAnalysisTests' copy when installed, else ../shared/data/adk)."""
     try:
         from MDAnalysisTests.datafiles import DCD2, PSF  # the same trajectory, pip-installable
         top, traj = PSF, DCD2
     except ImportError:
         top, traj = ADK / "adk4ake.psf", ADK / "dims0001_fit-core.dcd"
-    return read_conformations(top, traj, mode="ca")
+    return read_conformations(top, traj, mode=mode, frames=frames)
 
 
 def simulate(conf, snr: float, n: int, workdir: Path, seed: int, tag: str = "") -> Path:

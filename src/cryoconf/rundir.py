@@ -122,6 +122,15 @@ def resolve_checkpoint(load, run_dir) -> Path | None:
     return path
 
 
+def settings_differences(old: dict, new: dict, defaults: dict, resumable=()) -> list[str]:
+    """"key: checkpoint X vs now Y" for every flat setting that differs between a checkpoint's ``old``
+    and ``new``, except the ``resumable`` keys; a key the checkpoint lacks (written by an older
+    cryoconf) counts as its value in ``defaults``."""
+    old = {**defaults, **old}
+    return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in resumable and old.get(k) != new.get(k)]
+
+
 def capture_rng_state() -> dict:
     """The global RNG states: torch CPU, every CUDA device, numpy and python ``random``."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

@@ -46,6 +46,7 @@ _SETTINGS = [
 
 
 def register(subparsers) -> None:
+    from cryoconf.cli.recon import add_particle_and_structure_arguments
     from cryoconf.fit.config import FitConfig
 
     defaults = FitConfig()
@@ -55,18 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--structure", required=True, help="starting structure (PDB/mmCIF), all-atom for side-chain RBFs")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
     p.add_argument("--reference", default=None, help="known structure (same residues) to report Cα errors against")
-    g = p.add_argument_group("particles")
-    g.add_argument("--datadir", default=None, help="folder of the image stacks named in the metadata")
-    g.add_argument("--poses", default=None, help="cryoDRGN pose.pkl (for an .mrcs)")
-    g.add_argument("--ctf", default=None, help="cryoDRGN ctf.pkl (for an .mrcs)")
-    g.add_argument("--ind", default=None, help="subset of particles: a .pkl/.npy/.txt of row indices")
-    g.add_argument("--apix", type=float, default=None, help="pixel size (Å/px) when the metadata lacks it")
-    g.add_argument("--lazy", action="store_true", help="read each batch from disk")
-    g = p.add_argument_group("structure")
-    g.add_argument("--mode", choices=["ca+sc", "ca"], default="ca+sc", help="RBFs per residue (ca: the ablation)")
-    g.add_argument("--center", choices=["none", "centroid", "box"], default="none",
-                   help="move the structure into the frame of the poses")
-    g.add_argument("--selection", default=None, help="MDAnalysis selection of the atoms to keep")
+    add_particle_and_structure_arguments(p, default_mode="ca+sc",
+                                         mode_help="RBFs per residue: Cα + side chain, or ca (the ablation)")
     g = p.add_argument_group("model and optimisation (defaults from FitConfig)")
     for flag, name, typ, text in _SETTINGS:
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {getattr(defaults, name)})")

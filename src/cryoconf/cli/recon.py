@@ -85,6 +85,23 @@ _SETTINGS = [
 ]
 
 
+def add_particle_and_structure_arguments(p, *, default_mode: str, mode_help: str) -> None:
+    """The particle flags (cryoDRGN habits) and structure flags that ``recon train`` and ``fit`` share;
+    :func:`read_particles_and_structure` reads what they name."""
+    g = p.add_argument_group("particles")
+    g.add_argument("--datadir", default=None, help="folder of the image stacks named in the metadata")
+    g.add_argument("--poses", default=None, help="cryoDRGN pose.pkl (for an .mrcs)")
+    g.add_argument("--ctf", default=None, help="cryoDRGN ctf.pkl (for an .mrcs)")
+    g.add_argument("--ind", default=None, help="subset of particles: a .pkl/.npy/.txt of row indices")
+    g.add_argument("--apix", type=float, default=None, help="pixel size (Å/px) when the metadata lacks it")
+    g.add_argument("--lazy", action="store_true", help="read each batch from disk instead of holding the stack in memory")
+    g = p.add_argument_group("structure")
+    g.add_argument("--mode", choices=["ca", "ca+sc"], default=default_mode, help=mode_help)
+    g.add_argument("--center", choices=["none", "centroid", "box"], default="none",
+                   help="move the structure into the frame of the poses (see above)")
+    g.add_argument("--selection", default=None, help="MDAnalysis selection of the atoms to keep")
+
+
 def _register_train(sub) -> None:
     from cryoconf.recon.config import ReconConfig
 
@@ -94,18 +111,7 @@ def _register_train(sub) -> None:
     p.add_argument("particles", metavar="PARTICLES", help=".star, .cs or .mrcs")
     p.add_argument("--structure", required=True, help="base structure (PDB/mmCIF) in the frame of the poses")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory")
-    g = p.add_argument_group("particles")
-    g.add_argument("--datadir", default=None, help="folder of the image stacks named in the metadata")
-    g.add_argument("--poses", default=None, help="cryoDRGN pose.pkl (for an .mrcs)")
-    g.add_argument("--ctf", default=None, help="cryoDRGN ctf.pkl (for an .mrcs)")
-    g.add_argument("--ind", default=None, help="subset of particles: a .pkl/.npy/.txt of row indices")
-    g.add_argument("--apix", type=float, default=None, help="pixel size (Å/px) when the metadata lacks it")
-    g.add_argument("--lazy", action="store_true", help="read each batch from disk instead of holding the stack in memory")
-    g = p.add_argument_group("structure")
-    g.add_argument("--mode", choices=["ca", "ca+sc"], default="ca", help="pseudo-atoms per residue")
-    g.add_argument("--center", choices=["none", "centroid", "box"], default="none",
-                   help="move the base structure into the frame of the poses (see above)")
-    g.add_argument("--selection", default=None, help="MDAnalysis selection of the atoms to keep")
+    add_particle_and_structure_arguments(p, default_mode="ca", mode_help="pseudo-atoms per residue")
     g = p.add_argument_group("model and training (defaults from ReconConfig)")
     g.add_argument("--config", default=None, help="YAML file of ReconConfig settings (flags override it)")
     for flag, name, typ, text, *nargs in _SETTINGS:

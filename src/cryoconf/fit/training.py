@@ -27,7 +27,7 @@ from cryoconf.fit.report import displacement_report, match_reference, write_disp
 from cryoconf.recon.data import ReconParticles
 from cryoconf.recon.training import epoch_order
 from cryoconf.rundir import (
-    LossCurve, capture_rng_state, restore_rng_state, run_log, save_checkpoint, write_config,
+    LossCurve, capture_rng_state, restore_rng_state, run_log, save_checkpoint, settings_differences, write_config,
 )
 from cryoconf.structure.model import Structure
 from cryoconf.structure.writers import write_pdb
@@ -56,11 +56,6 @@ def centre_lr_factor(config: FitConfig, epoch_float: float) -> float:
     return f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
-
-
 def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure, run_dir, *, load=None,
                   device: str | None = None, progress: bool = True, inputs: dict | None = None,
                   reference: Structure | None = None) -> FitResult:
@@ -78,7 +73,8 @@ def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure
         state = None
         if ckpt_path is not None:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            diffs = _differences(state.get("config") or {}, config.to_dict())
+            diffs = settings_differences(state.get("config") or {}, config.to_dict(), FitConfig().to_dict(),
+                                         RESUMABLE_CHANGES)
             if diffs:
                 raise InputError(f"--load {ckpt_path}: settings differ from the checkpoint's: " + "; ".join(diffs))
             if not np.allclose(np.asarray(state["start_A"]), start.coords_A, atol=1e-3) \

@@ -33,7 +33,7 @@ from cryoconf.recon.data import ReconParticles
 from cryoconf.recon.model import LOSS_TERMS, ReconModel
 from cryoconf.rundir import (
     LossCurve, capture_rng_state, resolve_checkpoint, restore_rng_state, run_log, save_checkpoint,
-    write_config,
+    settings_differences, write_config,
 )
 from cryoconf.structure.model import Structure
 
@@ -80,14 +80,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def _structure_dict(s: Structure) -> dict:
     return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
-
-
-def _config_differences(old: dict, new: dict) -> list[str]:
-    """Settings that differ; a setting the checkpoint lacks (written by an older cryoconf) counts as its default."""
-    defaults = ReconConfig().to_dict()
-    old = {**defaults, **old}
-    return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
 
 def load_recon(path, map_location="cpu") -> tuple[ReconModel, dict]:
@@ -148,7 +140,8 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
         state = None
         if ckpt_path is not None:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            diffs = _config_differences(state.get("config") or {}, config.to_dict())
+            diffs = settings_differences(state.get("config") or {}, config.to_dict(), ReconConfig().to_dict(),
+                                         RESUMABLE_CHANGES)
             if diffs:
                 raise InputError(f"--load {ckpt_path}: settings differ from the checkpoint's: " + "; ".join(diffs)
                                  + ". Resume with the run's settings (only --epochs may change)")
