@@ -56,6 +56,27 @@ def rotation_matrices(axis: np.ndarray, angles_rad: np.ndarray) -> np.ndarray:
     return np.eye(3)[None] + s * k[None] + (1 - c) * (k @ k)[None]
 
 
+def save_angles(path: Path, true_deg: np.ndarray, pred_deg: np.ndarray, mode: np.ndarray, r: float) -> None:
+    """The held-out particles' true and predicted domain angles (.npz) and their scatter plot (.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".npz"), true_deg=true_deg, predicted_deg=pred_deg, mode=mode)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(true_deg, pred_deg, s=3, c=mode, cmap="coolwarm", alpha=0.5)
+    lim = [min(true_deg.min(), pred_deg.min()), max(true_deg.max(), pred_deg.max())]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xlabel("true domain angle (°)")
+    ax.set_ylabel("predicted angle of the moving segment (°)")
+    ax.set_title(f"held-out particles, Pearson r = {r:.3f}")
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10000)
@@ -69,6 +90,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--downsample", type=int, default=32)
     ap.add_argument("--moving-deg", type=float, default=5.0)
+    ap.add_argument("--angles-out", default=None,
+                    help="also write the held-out particles' true and predicted angles (.npz) and a scatter plot (.png)")
     args = parse_common(ap, argv, "recon_domains")
     rng = np.random.default_rng(args.seed + 17)
     conf = adk_conformations()
@@ -130,6 +153,8 @@ def main(argv=None) -> dict:
         axis_err = float(np.rad2deg(np.arccos(np.clip(np.abs(ax[:, seg] @ axis), 0, 1))).mean())
     else:
         seg, r, axis_err, signed = None, 0.0, float("nan"), np.zeros_like(true_deg)
+    if args.angles_out:
+        save_angles(Path(args.angles_out), true_deg, signed, comp[n_train:], r)
     with torch.no_grad():
         pred = model.decode(z).numpy()
     true_eval = coords[n_train:]
