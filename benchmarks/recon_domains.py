@@ -20,12 +20,17 @@ on the last ``--eval`` held-out ones:
 - the EMD-RMSD and mean per-particle Cα RMSD of the decoded structures, beside the
   base structure's.
 
+With ``--ideal N``, the ideal observer on N held-out particles: the posterior-mean angle
+given the true structure, pose, shift and CTF (a 1° grid, least-squares scale and offset),
+an upper bound on the angle correlation any encoder can reach on these images.
+
     python benchmarks/recon_domains.py --json runs/recon_domains/benchmark.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -54,6 +59,45 @@ def rotation_matrices(axis: np.ndarray, angles_rad: np.ndarray) -> np.ndarray:
     k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
     s, c = np.sin(angles_rad)[:, None, None], np.cos(angles_rad)[:, None, None]
     return np.eye(3)[None] + s * k[None] + (1 - c) * (k @ k)[None]
+
+
+def ideal_observer(particles: ReconParticles, base, moving: np.ndarray, axis: np.ndarray, centre: np.ndarray,
+                   modes_deg, mode_std_deg: float, pad_factor: int) -> np.ndarray:
+    """Posterior-mean domain angle (deg) per particle given everything but the angle.
+
+    For each angle of a 1° grid the structure is rendered in the particle's pose, shift
+    and CTF; the image's scale and offset are fitted by least squares at every angle,
+    the noise variance is the smallest residual variance over the grid, and the
+    Gaussian likelihood times the mixture prior gives the posterior on the grid.
+    """
+    from cryoconf.imaging.forward import render_images
+
+    lo, hi = min(modes_deg) - 4 * mode_std_deg, max(modes_deg) + 4 * mode_std_deg
+    grid = np.arange(np.floor(lo), np.ceil(hi) + 1, 1.0)
+    log_prior = np.logaddexp.reduce([-0.5 * ((grid - m) / mode_std_deg) ** 2 for m in modes_deg], axis=0)
+    coords = np.repeat(base.coords_A[None].astype(np.float64), len(grid), 0)
+    R = rotation_matrices(axis, np.deg2rad(grid))
+    coords[:, moving] = np.einsum("nij,mj->nmi", R, base.coords_A[moving] - centre) + centre
+    coords = torch.tensor(coords, dtype=torch.float32)
+    amp = torch.as_tensor(base.amplitudes_e, dtype=torch.float32)
+    sig = torch.as_tensor(base.sigmas_A, dtype=torch.float32)
+    G, out = len(grid), []
+    for i in range(len(particles)):
+        b = particles.batch([i])
+        ctf = b["ctf"]
+        ctf_g = type(ctf)(**{f.name: (v.expand(G, *v.shape[1:]) if torch.is_tensor(v) else v)
+                             for f in dataclasses.fields(ctf) for v in [getattr(ctf, f.name)]})
+        with torch.no_grad():
+            r = render_images(coords, amp, sig, b["rotations"].expand(G, 3, 3), b["shifts_A"].expand(G, 2), ctf_g,
+                              particles.box, particles.apix_A, pad_factor=pad_factor).double().flatten(1)
+        y = b["images"][0].double().flatten()
+        rc, yc = r - r.mean(1, keepdim=True), y - y.mean()
+        rss = (yc.square().sum() - (rc @ yc).square() / rc.square().sum(1)).numpy()  # least-squares scale and offset
+        noise_var = rss.min() / y.numel()
+        lp = -rss / (2 * noise_var) + log_prior
+        w = np.exp(lp - lp.max())
+        out.append(float((w * grid).sum() / w.sum()))
+    return np.asarray(out)
 
 
 def save_angles(path: Path, true_deg: np.ndarray, pred_deg: np.ndarray, mode: np.ndarray, r: float) -> None:
@@ -90,6 +134,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--downsample", type=int, default=32)
     ap.add_argument("--moving-deg", type=float, default=5.0)
+    ap.add_argument("--ideal", type=int, default=0,
+                    help="also score the ideal observer on this many held-out particles: the posterior mean "
+                         "angle on a 1° grid given the true structure, pose, shift and CTF (an upper bound on r)")
     ap.add_argument("--angles-out", default=None,
                     help="also write the held-out particles' true and predicted angles (.npz) and a scatter plot (.png)")
     args = parse_common(ap, argv, "recon_domains")
@@ -153,6 +200,15 @@ def main(argv=None) -> dict:
         axis_err = float(np.rad2deg(np.arccos(np.clip(np.abs(ax[:, seg] @ axis), 0, 1))).mean())
     else:
         seg, r, axis_err, signed = None, 0.0, float("nan"), np.zeros_like(true_deg)
+    ideal = {}
+    if args.ideal > 0:
+        k = min(args.ideal, args.eval)
+        sim_box = ReconParticles(load_particles(data / "particles.star", ind=np.arange(n_train, n_train + k)),
+                                 config.downsample_box, progress=False)
+        est = ideal_observer(sim_box, base, moving, axis, centre, args.modes, args.mode_std, pad_factor=2)
+        ideal = {"ideal_observer": {"n": k, "angle_pearson_r": float(np.corrcoef(est, true_deg[:k])[0, 1]),
+                                    "mean_abs_angle_error_deg": float(np.abs(est - true_deg[:k]).mean()),
+                                    "model_angle_pearson_r_same_particles": float(np.corrcoef(signed[:k], true_deg[:k])[0, 1])}}
     if args.angles_out:
         save_angles(Path(args.angles_out), true_deg, signed, comp[n_train:], r)
     with torch.no_grad():
@@ -168,7 +224,7 @@ def main(argv=None) -> dict:
         "angle_pearson_r": r, "mean_abs_angle_error_deg": float(np.abs(signed - true_deg).mean()),
         "mean_axis_error_deg": axis_err, "structures": acc,
         "base_mean_rmsd_A": float(paired_rmsd(np.repeat(base.coords_A[None], len(true_eval), 0), true_eval).mean()),
-        "train_cpu_s": cpu, "train_wall_s": wall, "epochs": res.epoch, "settings": settings,
+        "train_cpu_s": cpu, "train_wall_s": wall, "epochs": res.epoch, "settings": settings, **ideal,
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
     }
     return emit(report, args.json)
