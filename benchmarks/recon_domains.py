@@ -5,7 +5,7 @@ Base structure: ADK frame 0 (closed, Cα, 214 residues). One domain, the LID (re
 122–159 by default, ``--domain``), turns about a fixed axis (``--axis``, through the
 domain's centroid) by an angle drawn per particle from the two-component mixture
 0.5·N(15°, 6²) + 0.5·N(45°, 6²) (cryoSPHERE used modes at 60° and 120° for a 157-residue
-domain of a 1,510-residue dimer). ``--n`` particles (10,000), poses uniform on SO(3),
+domain of a 1,510-residue dimer). ``--n`` particles (40,000), poses uniform on SO(3),
 shifts ±3 Å, defocus 0.5–1.5 µm, box 64 at 1.5 Å/px, SNR ``--snr`` (0.1, whole-box
 variance), simulated by the core (cached under ``--workdir``). The segments model
 (``--segments`` per chain, 4) trains on the first n − ``--eval`` particles and is scored
@@ -123,7 +123,7 @@ def save_angles(path: Path, true_deg: np.ndarray, pred_deg: np.ndarray, mode: np
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--n", type=int, default=40000)
     ap.add_argument("--eval", type=int, default=2000)
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--domain", default="122-159", help="moving residues, 1-based inclusive residue numbers")
@@ -131,8 +131,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--modes", type=float, nargs=2, default=[15.0, 45.0], help="mixture means (degrees)")
     ap.add_argument("--mode-std", type=float, default=6.0, help="mixture standard deviation (degrees)")
     ap.add_argument("--segments", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--downsample", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--downsample", type=int, default=64)
     ap.add_argument("--moving-deg", type=float, default=5.0)
     ap.add_argument("--ideal", type=int, default=0,
                     help="also score the ideal observer on this many held-out particles: the posterior mean "
