@@ -202,3 +202,23 @@ def test_ddp_two_gloo_processes_give_the_same_gradients(tmp_path, chain, shifted
     assert got.keys() == expected.keys()
     for name, g in expected.items():
         torch.testing.assert_close(got[name], g, rtol=2e-4, atol=1e-7, msg=name)
+
+
+def test_a_checkpoint_with_stale_pair_lists_still_loads(chain):
+    """Older checkpoints stored other derived pair lists (e.g. none for all-pairs runs): the model keeps its own."""
+    from cryoconf.recon.training import load_model_state
+
+    _, top = chain
+    model = ReconModel(_tiny_config(), top, 32, 2.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["geometry_pairs"] = torch.zeros(0, 2, dtype=torch.long)
+    first = next(k for k in state if k.startswith("decoder") and state[k].is_floating_point())
+    state[first] = state[first] + 1.0
+    fresh = ReconModel(_tiny_config(), top, 32, 2.0)
+    load_model_state(fresh, state)
+    assert torch.equal(fresh.geometry_pairs, model.geometry_pairs) and fresh.geometry_pairs.shape[0] > 0
+    assert torch.equal(fresh.state_dict()[first], state[first])  # the weights do load
+    with pytest.raises(RuntimeError, match="size mismatch"):  # anything else that differs is still refused
+        bad = dict(state)
+        bad[first] = torch.zeros(1)
+        load_model_state(fresh, bad)

@@ -82,6 +82,17 @@ def _structure_dict(s: Structure) -> dict:
     return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
 
 
+# index lists the model rebuilds from its config and base structure: an older checkpoint's
+# (e.g. before the geometry loss sampled its pairs, when all-pairs runs stored none) are stale
+DERIVED_BUFFERS = ("bond_pairs", "geometry_pairs", "clash_pairs")
+
+
+def load_model_state(model: ReconModel, model_state: dict) -> None:
+    """Load a checkpoint's weights (strictly), keeping the model's own derived pair lists."""
+    own = model.state_dict()
+    model.load_state_dict({**model_state, **{k: own[k] for k in DERIVED_BUFFERS if k in own}})
+
+
 def load_recon(path, map_location="cpu") -> tuple[ReconModel, dict]:
     """A trained model and its checkpoint dict from a ``checkpoint.N.pt`` (or a run directory: the newest)."""
     ckpt = resolve_checkpoint("latest", path) if Path(path).is_dir() else Path(path)
@@ -91,7 +102,7 @@ def load_recon(path, map_location="cpu") -> tuple[ReconModel, dict]:
             raise InputError(f"{ckpt}: not a recon checkpoint (no {key!r})")
     config = ReconConfig.from_dict(state["config"])
     model = ReconModel(config, Structure(**state["base"]), state["box"], state["apix_A"])
-    model.load_state_dict(state["model_state"])
+    load_model_state(model, state["model_state"])
     model.eval()
     state["path"] = ckpt
     return model, state
@@ -171,7 +182,7 @@ def train_recon(config: ReconConfig, particles: ReconParticles, base: Structure,
         optimizer = torch.optim.Adam([g for g in groups if g["params"]])
         start = 0
         if state is not None:
-            model.load_state_dict(state["model_state"])
+            load_model_state(model, state["model_state"])
             optimizer.load_state_dict(state["optimizer_state"])
             start = int(state["epoch"])
             restore_rng_state(state.get("rng"))
