@@ -102,6 +102,22 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def train_and_encode(config, data: Path, train_pos, eval_pos, base, run: Path, progress: bool):
+    """Train ``config`` on ``train_pos`` of ``data``/particles.star (resuming ``run`` if it has
+    checkpoints), then encode ``eval_pos``: (model in eval mode, training result, held-out
+    particles, z (E, L) tensor, CPU s, wall s)."""
+    train = ReconParticles(load_particles(data / "particles.star", ind=train_pos), config.downsample_box,
+                           progress=False)
+    held = ReconParticles(load_particles(data / "particles.star", ind=eval_pos), config.downsample_box,
+                          progress=False)
+    c0, w0 = cpu_seconds(), time.perf_counter()
+    res = train_recon(config, train, base, run, load="latest" if list(run.glob("checkpoint.*.pt")) else None,
+                      progress=progress)
+    cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
+    model = res.model.eval()
+    return model, res, held, torch.from_numpy(encode_particles(model, held)), cpu, wall
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snr", type=float, nargs="+", default=[0.1, 0.01])
@@ -134,17 +150,8 @@ def main(argv=None) -> dict:
             settings = {**COMMON, **VARIANTS[name], "epochs": args.epochs, "seed": args.seed, "downsample_box": args.downsample,
                         "lowpass_A": args.lowpass, **overrides}
             config = ReconConfig(**settings).validate()
-            ds_train = load_particles(data / "particles.star", ind=train_pos)
-            ds_eval = load_particles(data / "particles.star", ind=eval_pos)
-            train = ReconParticles(ds_train, config.downsample_box, progress=False)
-            held = ReconParticles(ds_eval, config.downsample_box, progress=False)
-            run = workdir / f"run_{name}_snr{snr:g}"
-            c0, w0 = cpu_seconds(), time.perf_counter()
-            res = train_recon(config, train, base, run, load="latest" if list(run.glob("checkpoint.*.pt")) else None,
-                              progress=args.progress)
-            cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-            model = res.model.eval()
-            z = torch.from_numpy(encode_particles(model, held))
+            model, res, _, z, cpu, wall = train_and_encode(config, data, train_pos, eval_pos, base,
+                                                           workdir / f"run_{name}_snr{snr:g}", args.progress)
             with torch.no_grad():
                 pred = model.decode(z).numpy()
             acc = structure_accuracy(pred, true_eval, coords[0], coords[-1])

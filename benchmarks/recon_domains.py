@@ -40,11 +40,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_adk import _value, adk_conformations, cpu_seconds, emit, parse_common  # noqa: E402
+from recon_adk import _value, adk_conformations, emit, parse_common, train_and_encode  # noqa: E402
 
-from cryoconf.data.dataset import load_particles  # noqa: E402
 from cryoconf.dynamics.metrics import paired_rmsd  # noqa: E402
-from cryoconf.recon import ReconConfig, ReconParticles, encode_particles, train_recon  # noqa: E402
+from cryoconf.recon import ReconConfig, ReconParticles  # noqa: E402
 from cryoconf.recon.evaluation import structure_accuracy  # noqa: E402
 from cryoconf.simulation.config import SimulationConfig  # noqa: E402
 from cryoconf.simulation.parameters import sample_truth  # noqa: E402
@@ -61,9 +60,9 @@ def rotation_matrices(axis: np.ndarray, angles_rad: np.ndarray) -> np.ndarray:
     return np.eye(3)[None] + s * k[None] + (1 - c) * (k @ k)[None]
 
 
-def ideal_observer(particles: ReconParticles, base, moving: np.ndarray, axis: np.ndarray, centre: np.ndarray,
+def ideal_observer(particles: ReconParticles, n: int, base, moving: np.ndarray, axis: np.ndarray, centre: np.ndarray,
                    modes_deg, mode_std_deg: float, pad_factor: int) -> np.ndarray:
-    """Posterior-mean domain angle (deg) per particle given everything but the angle.
+    """Posterior-mean domain angle (deg) of the first ``n`` particles given everything but the angle.
 
     For each angle of a 1° grid the structure is rendered in the particle's pose, shift
     and CTF; the image's scale and offset are fitted by least squares at every angle,
@@ -82,7 +81,7 @@ def ideal_observer(particles: ReconParticles, base, moving: np.ndarray, axis: np
     amp = torch.as_tensor(base.amplitudes_e, dtype=torch.float32)
     sig = torch.as_tensor(base.sigmas_A, dtype=torch.float32)
     G, out = len(grid), []
-    for i in range(len(particles)):
+    for i in range(n):
         b = particles.batch([i])
         ctf = b["ctf"]
         ctf_g = type(ctf)(**{f.name: (v.expand(G, *v.shape[1:]) if torch.is_tensor(v) else v)
@@ -172,17 +171,8 @@ def main(argv=None) -> dict:
                 "downsample_box": args.downsample, "seed": args.seed, **overrides}
     config = ReconConfig(**settings).validate()
     n_train = args.n - args.eval
-    train = ReconParticles(load_particles(data / "particles.star", ind=np.arange(n_train)), config.downsample_box,
-                           progress=False)
-    held = ReconParticles(load_particles(data / "particles.star", ind=np.arange(n_train, args.n)),
-                          config.downsample_box, progress=False)
-    run = workdir / f"run_segments_snr{args.snr:g}"
-    c0, w0 = cpu_seconds(), time.perf_counter()
-    res = train_recon(config, train, base, run, load="latest" if list(run.glob("checkpoint.*.pt")) else None,
-                      progress=args.progress)
-    cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-    model = res.model.eval()
-    z = torch.from_numpy(encode_particles(model, held))
+    model, res, held, z, cpu, wall = train_and_encode(config, data, np.arange(n_train), np.arange(n_train, args.n),
+                                                      base, workdir / f"run_segments_snr{args.snr:g}", args.progress)
     motions = model.segment_motions(z)
     ang, ax = motions["angle_deg"].numpy(), motions["axis"].numpy()
     labels = model.decoder.segmentation.labels()[base.residue_index]
@@ -203,9 +193,7 @@ def main(argv=None) -> dict:
     ideal = {}
     if args.ideal > 0:
         k = min(args.ideal, args.eval)
-        sim_box = ReconParticles(load_particles(data / "particles.star", ind=np.arange(n_train, n_train + k)),
-                                 config.downsample_box, progress=False)
-        est = ideal_observer(sim_box, base, moving, axis, centre, args.modes, args.mode_std, pad_factor=2)
+        est = ideal_observer(held, k, base, moving, axis, centre, args.modes, args.mode_std, pad_factor=2)
         ideal = {"ideal_observer": {"n": k, "angle_pearson_r": float(np.corrcoef(est, true_deg[:k])[0, 1]),
                                     "mean_abs_angle_error_deg": float(np.abs(est - true_deg[:k]).mean()),
                                     "model_angle_pearson_r_same_particles": float(np.corrcoef(signed[:k], true_deg[:k])[0, 1])}}

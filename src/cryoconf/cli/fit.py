@@ -46,7 +46,7 @@ _SETTINGS = [
 
 
 def register(subparsers) -> None:
-    from cryoconf.cli.recon import add_particle_and_structure_arguments
+    from cryoconf.cli.recon import add_particle_and_structure_arguments, add_run_arguments
     from cryoconf.fit.config import FitConfig
 
     defaults = FitConfig()
@@ -61,11 +61,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("model and optimisation (defaults from FitConfig)")
     for flag, name, typ, text in _SETTINGS:
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {getattr(defaults, name)})")
-    g = p.add_argument_group("run")
-    g.add_argument("--load", default=None, metavar="latest|PATH", help="resume from a checkpoint")
-    g.add_argument("--device", default="cpu", help="cpu or cuda")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -85,6 +85,15 @@ _SETTINGS = [
 ]
 
 
+def add_run_arguments(p) -> None:
+    """The run group shared by ``recon train`` and ``fit``: --load, --device, --threads, --no-progress."""
+    g = p.add_argument_group("run")
+    g.add_argument("--load", default=None, metavar="latest|PATH", help="resume from a checkpoint")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def add_particle_and_structure_arguments(p, *, default_mode: str, mode_help: str) -> None:
     """The particle flags (cryoDRGN habits) and structure flags that ``recon train`` and ``fit`` share;
     :func:`read_particles_and_structure` reads what they name."""
@@ -122,11 +131,7 @@ def _register_train(sub) -> None:
                    help="deterministic autoencoder instead of a VAE")
     g.add_argument("--segment-ranges", default=None,
                    help="with --segment-groups ranges: START-STOP,… residue positions (0-based, stop exclusive)")
-    g = p.add_argument_group("run")
-    g.add_argument("--load", default=None, metavar="latest|PATH", help="resume from a checkpoint")
-    g.add_argument("--device", default="cpu", help="cpu or cuda")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p)
     p.set_defaults(func=run_train)
 
 
