@@ -169,7 +169,7 @@ def main() -> None:
     ckpt = resolve_checkpoint(args.load, run)
     if ckpt is None:
         raise SystemExit(f"{run} has no checkpoint; train it first (see the header of {__file__})")
-    model = SBIModel.load(ckpt, map_location=args.device).eval()
+    model = SBIModel.load(ckpt, map_location=args.device).freeze_for_inference()
     config = load_config(run / "config.yaml")
     simulator = SBISimulator.from_config(config, device=args.device)
     out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,

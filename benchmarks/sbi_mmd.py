@@ -92,7 +92,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = Path(args.run)
     config = load_config(run / "config.yaml")
-    model = SBIModel.load(resolve_checkpoint(args.load, run), map_location=args.device).to(args.device).eval()
+    model = SBIModel.load(resolve_checkpoint(args.load, run), map_location=args.device).to(args.device).freeze_for_inference()
     own = SBISimulator.from_config(config, device=args.device)
     others = {}
     for spec in args.other or ["rearranged"]:

@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-freeze", action="store_true",
+                    help="time the embedding as trained (no batch-norm folding / MKL-DNN inference copy)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = {"device": args.device, "threads": args.threads, "batch": args.batch, "samples_per_particle": args.samples}
@@ -54,6 +56,8 @@ def main() -> None:
         print(json.dumps({**base, "error": "CUDA requested but not available"}))
         return
     model = build_model(args).to(args.device)
+    if not args.no_freeze:
+        model.freeze_for_inference()  # as `cryoconf sbi infer` runs it
     images = torch.randn(args.batch, model.box, model.box, generator=torch.Generator().manual_seed(0))
     model.sample(images[:8], args.samples)  # warm-up
     times = []
@@ -72,6 +76,7 @@ def main() -> None:
         "box": model.box,
         "apix_A": model.spec["apix_A"],
         "embedding": model.spec["embedding"]["name"],
+        "frozen_embedding": model.frozen_for_inference,
         "ms_per_particle": round(1e3 * best / args.batch, 3),
         "repeats": args.repeats,
         "torch": torch.__version__,

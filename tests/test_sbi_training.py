@@ -255,6 +255,62 @@ def test_resnet18_shape_and_size():
     assert small(torch.randn(3, 32, 32)).shape == (3, 16)
 
 
+@pytest.mark.parametrize("embedding", [{"name": "cnn", "params": {"channels": [8, 16], "hidden": 32}},
+                                       {"name": "resnet18", "params": {"width": 4}}])
+def test_freeze_for_inference_is_the_same_function(embedding):
+    torch.manual_seed(0)
+    model = SBIModel(32, 2.0, ["theta"], [0.0], [1.0], [0.0, 1.0], embedding,
+                     {"transforms": 2, "hidden_features": [16], "bins": 4})
+    model.train()
+    for _ in range(3):  # batch-norm running statistics away from their initial values
+        model.embed(3 * torch.randn(16, 32, 32) + 1)
+    images = torch.randn(5, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        reference = model.embed(images)
+        assert not model.frozen_for_inference
+        assert model.freeze_for_inference() is model and model.frozen_for_inference and not model.training
+        frozen = model.embed(images)
+        assert not torch.equal(frozen, reference)  # a different computation (folded batch norm) …
+        torch.testing.assert_close(frozen, reference, rtol=1e-4, atol=1e-5)  # … of the same function
+        torch.manual_seed(1)
+        a = model.sample(images, 50)
+        model.train()  # training drops the snapshot
+        assert not model.frozen_for_inference
+        model.eval()
+        torch.manual_seed(1)
+        torch.testing.assert_close(model.sample(images, 50), a, rtol=1e-4, atol=1e-4)
+        model.freeze_for_inference()
+        model.load_state_dict(model.state_dict())  # new weights drop it too
+        assert not model.frozen_for_inference
+
+
+def test_cosine_learning_rate_schedule(toy_ensemble):
+    tc = _config(toy_ensemble).training
+    tc.steps, tc.lr = 100, 1e-3
+    assert [tc.lr_at(s) for s in (0, 50, 99)] == [1e-3] * 3  # constant by default
+    tc.lr_schedule, tc.lr_decay_start, tc.lr_final = "cosine", 40, 1e-4
+    tc.validate()
+    assert tc.lr_at(0) == tc.lr_at(40) == 1e-3
+    assert tc.lr_at(70) == pytest.approx(5.5e-4)  # half-way down the half cosine
+    assert tc.lr_at(100) == pytest.approx(1e-4) and tc.lr_at(500) == pytest.approx(1e-4)
+    assert all(tc.lr_at(s) >= tc.lr_at(s + 1) for s in range(100))
+    tc.lr_schedule = "linear"
+    with pytest.raises(InputError, match="training.lr_schedule"):
+        tc.validate()
+
+
+def test_resume_with_an_added_decay_continues(toy_ensemble, tmp_path):
+    """A run trained at a constant rate can be resumed with a decay added (the schedule is a function of the step)."""
+    cfg = _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
+    train_sbi(cfg, tmp_path / "r", steps=2, progress=False)
+    decayed = _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
+    decayed.training.lr_schedule, decayed.training.lr_decay_start = "cosine", 2
+    resumed = train_sbi(decayed, tmp_path / "r", steps=4, load="latest", progress=False)
+    assert [s for s, _ in resumed.train_losses] == [3, 4]
+    assert "lr_schedule: cosine" in (tmp_path / "r" / "config.yaml").read_text()
+
+
 # -- inference and calibration with the trained toy model ---------------------------------------
 def _trained_model(trained):
     from cryoconf.rundir import resolve_checkpoint

@@ -78,7 +78,8 @@ def _load_model(run: str, load: str, device: str):
     from cryoconf.rundir import resolve_checkpoint
     from cryoconf.sbi.model import SBIModel
 
-    return SBIModel.load(resolve_checkpoint(load, run), map_location=device).to(device)
+    # every subcommand that loads a trained run only evaluates it: eval mode, frozen embedding on a CPU
+    return SBIModel.load(resolve_checkpoint(load, run), map_location=device).to(device).freeze_for_inference()
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:

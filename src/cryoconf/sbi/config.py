@@ -250,10 +250,19 @@ class TrainingConfig:
     checkpoint_interval: int = 1000
     seed: int = 0
     sim_chunk_size: int | None = None
+    lr_schedule: str = "constant"
+    lr_final: float | None = None
+    lr_decay_start: int = 0
 
     def validate(self) -> None:
         _choice("training.optimizer", self.optimizer, ("adamw", "adam"))
         self.lr = _number("training.lr", self.lr, unit="learning rate", minimum=0, strict_min=True, maximum=1)
+        _choice("training.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if self.lr_final is not None:
+            self.lr_final = _number("training.lr_final", self.lr_final, unit="learning rate at the last step",
+                                    minimum=0, maximum=1)
+        self.lr_decay_start = _number("training.lr_decay_start", self.lr_decay_start, unit="step", minimum=0,
+                                      integer=True)
         self.weight_decay = _number("training.weight_decay", self.weight_decay, minimum=0)
         self.clip_grad_norm = _number("training.clip_grad_norm", self.clip_grad_norm,
                                       unit="max gradient norm; 0 = no clipping", minimum=0)
@@ -269,6 +278,16 @@ class TrainingConfig:
         if self.sim_chunk_size is not None:
             self.sim_chunk_size = _number("training.sim_chunk_size", self.sim_chunk_size, unit="particles",
                                           minimum=1, integer=True)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): a pure function of the step, so resuming
+        needs no scheduler state. ``cosine`` holds ``lr`` until ``lr_decay_start`` and then follows half
+        a cosine down to ``lr_final`` (default lr / 10) at the last step ``steps``."""
+        if self.lr_schedule == "constant" or step < self.lr_decay_start:
+            return self.lr
+        final = self.lr / 10 if self.lr_final is None else self.lr_final
+        t = min((step - self.lr_decay_start) / max(self.steps - self.lr_decay_start, 1), 1.0)
+        return final + 0.5 * (self.lr - final) * (1.0 + math.cos(math.pi * t))
 
 
 _SECTIONS = {

@@ -78,7 +78,9 @@ def build_embedding(name: str, **kwargs) -> nn.Module:
 
 
 def _as_batch(images: torch.Tensor) -> torch.Tensor:
-    return images.unsqueeze(1) if images.ndim == 3 else images
+    """(B, H, W) → (B, 1, H, W); (B, C, H, W) unchanged. Written without control flow so that
+    torch.fx can trace the embeddings (``SBIModel.freeze_for_inference``)."""
+    return images.reshape(images.shape[0], -1, images.shape[-2], images.shape[-1])
 
 
 class BasicBlock(nn.Module):

@@ -8,7 +8,9 @@ and optionally the full training config, optimiser state, step and RNG states.
 
 from __future__ import annotations
 
-
+import copy
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +24,8 @@ from cryoconf.sbi.simulator import normalize_for_sbi
 __all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "cryoconf-sbi/1"
+
+log = logging.getLogger("cryoconf.sbi")
 
 
 class SBIModel(nn.Module):
@@ -96,8 +100,60 @@ class SBIModel(nn.Module):
 
     # -- the three operations ---------------------------------------------------------
     def embed(self, images) -> torch.Tensor:
-        """Features S(I) (B, F) of raw images (B, box, box) (normalised here)."""
-        return self.embedding(normalize_for_sbi(self._check_images(images)))
+        """Features S(I) (B, F) of raw images (B, box, box) (normalised here).
+
+        In eval mode after :meth:`freeze_for_inference`, the frozen copy of the embedding runs.
+        """
+        net = self.embedding
+        frozen = self.__dict__.get("_frozen_embedding")
+        if frozen is not None and not self.training:
+            net = frozen
+        return net(normalize_for_sbi(self._check_images(images)))
+
+    @torch.no_grad()
+    def freeze_for_inference(self) -> "SBIModel":
+        """Eval mode, plus an inference copy of the embedding for the CPU (returns ``self``).
+
+        torch.fx's ``optimize_for_inference`` folds each batch norm into its convolution and
+        runs the convolutions in MKL-DNN layout: the same function (agreement to float32
+        rounding, ~1e-6 relative) about 3× faster for the compact CNN on a CPU. The copy is a
+        snapshot of the current weights: training mode (:meth:`train`) or loading weights
+        drops it; call this again afterwards. On a GPU, or for an embedding that torch.fx
+        cannot trace, nothing is frozen and the embedding runs as it is.
+        """
+        self.eval()
+        self.__dict__["_frozen_embedding"] = None
+        if self._device().type != "cpu":
+            return self
+        try:
+            with warnings.catch_warnings():  # torch's own use of torch.jit inside torch.fx's MKL-DNN pass
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torch.fx.experimental.optimization import optimize_for_inference
+
+                frozen = optimize_for_inference(copy.deepcopy(self.embedding))
+            probe = torch.randn(2, self.box, self.box, generator=torch.Generator().manual_seed(0))
+            if not torch.allclose(frozen(probe), self.embedding(probe), rtol=1e-3, atol=1e-4):
+                raise RuntimeError("the frozen embedding disagrees with the original")
+        except Exception as exc:  # noqa: BLE001 - any failure: run the embedding unchanged
+            log.info("embedding '%s' not frozen for inference (%s); using it as it is",
+                     self.spec["embedding"]["name"], exc)
+            return self
+        self.__dict__["_frozen_embedding"] = frozen
+        return self
+
+    @property
+    def frozen_for_inference(self) -> bool:
+        """Whether eval-mode embedding runs the frozen copy (see :meth:`freeze_for_inference`)."""
+        return self.__dict__.get("_frozen_embedding") is not None
+
+    def train(self, mode: bool = True) -> "SBIModel":
+        if mode:
+            self.__dict__["_frozen_embedding"] = None
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.__dict__["_frozen_embedding"] = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _theta(self, theta, batch: int) -> torch.Tensor:
         t = torch.as_tensor(theta, device=self._device(), dtype=torch.float32)

@@ -42,7 +42,10 @@ log = logging.getLogger("cryoconf.sbi")
 
 VALIDATION_FILE = "validation.pt"
 # config keys that may change between a checkpoint and its resumption
-_RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_interval"), ("training", "validation_interval")}
+# changing these on --load keeps the continuation exact up to the change itself (the schedule is a
+# function of the step, so e.g. a decay can be added to a run trained at a constant rate)
+_RESUMABLE_CHANGES = {("training", k) for k in ("steps", "checkpoint_interval", "validation_interval",
+                                                 "lr_schedule", "lr_final", "lr_decay_start")}
 
 
 @dataclass
@@ -166,8 +169,8 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
             diffs = _config_differences(state.get("config") or {}, config.to_dict())
             if diffs:
                 raise InputError(f"--load {ckpt_path}: the config differs from the checkpoint's in "
-                                 + "; ".join(diffs) + ". Use the run's config.yaml (only training.steps and the "
-                                 "intervals may change)")
+                                 + "; ".join(diffs) + ". Use the run's config.yaml (only training.steps, the intervals "
+                                 "and the learning-rate schedule may change)")
         if rank == 0:
             write_config(run_dir, config.to_dict())
         if simulator is None:
@@ -226,6 +229,8 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
             targets = posterior_targets(params, config.posterior.parameters).to(dev)
             _sync(dev)
             t1 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = tc.lr_at(step)
             loss = -net(targets, images).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
