@@ -91,6 +91,10 @@ def parse_common(ap: argparse.ArgumentParser, argv, name: str) -> argparse.Names
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--refine-steps", type=int, default=0,
+                    help="refine each held-out particle's z for this many Adam steps from the encoder's μ "
+                         "(the MAP with the decoder fixed; 0: μ as it is)")
+    ap.add_argument("--refine-lr", type=float, default=0.05)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,10 +106,12 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def train_and_encode(config, data: Path, train_pos, eval_pos, base, run: Path, progress: bool):
+def train_and_encode(config, data: Path, train_pos, eval_pos, base, run: Path, progress: bool,
+                     refine_steps: int = 0, refine_lr: float = 0.05):
     """Train ``config`` on ``train_pos`` of ``data``/particles.star (resuming ``run`` if it has
-    checkpoints), then encode ``eval_pos``: (model in eval mode, training result, held-out
-    particles, z (E, L) tensor, CPU s, wall s)."""
+    checkpoints), then encode ``eval_pos`` (refining z per particle with ``refine_steps``):
+    (model in eval mode, training result, held-out particles, z (E, L) tensor, CPU s of training
+    and of encoding, wall s of training)."""
     train = ReconParticles(load_particles(data / "particles.star", ind=train_pos), config.downsample_box,
                            progress=False)
     held = ReconParticles(load_particles(data / "particles.star", ind=eval_pos), config.downsample_box,
@@ -115,7 +121,9 @@ def train_and_encode(config, data: Path, train_pos, eval_pos, base, run: Path, p
                       progress=progress)
     cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
     model = res.model.eval()
-    return model, res, held, torch.from_numpy(encode_particles(model, held)), cpu, wall
+    c1 = cpu_seconds()
+    z = encode_particles(model, held, refine_steps=refine_steps, refine_lr=refine_lr, progress=progress)
+    return model, res, held, torch.from_numpy(z), (cpu, cpu_seconds() - c1), wall
 
 
 def main(argv=None) -> dict:
@@ -150,12 +158,14 @@ def main(argv=None) -> dict:
             settings = {**COMMON, **VARIANTS[name], "epochs": args.epochs, "seed": args.seed, "downsample_box": args.downsample,
                         "lowpass_A": args.lowpass, **overrides}
             config = ReconConfig(**settings).validate()
-            model, res, _, z, cpu, wall = train_and_encode(config, data, train_pos, eval_pos, base,
-                                                           workdir / f"run_{name}_snr{snr:g}", args.progress)
+            model, res, _, z, (cpu, enc_cpu), wall = train_and_encode(
+                config, data, train_pos, eval_pos, base, workdir / f"run_{name}_snr{snr:g}", args.progress,
+                args.refine_steps, args.refine_lr)
             with torch.no_grad():
                 pred = model.decode(z).numpy()
             acc = structure_accuracy(pred, true_eval, coords[0], coords[-1])
             acc.update({"train_cpu_s": cpu, "train_wall_s": wall, "epochs_trained": res.epoch,
+                        "encode_cpu_s": enc_cpu, "refine_steps": args.refine_steps,
                         "settings": {k: v for k, v in settings.items() if v is not None}})
             if config.model == "segments":
                 acc["segment_sizes"] = np.bincount(model.decoder.segmentation.labels(),

@@ -171,8 +171,9 @@ def main(argv=None) -> dict:
                 "downsample_box": args.downsample, "seed": args.seed, **overrides}
     config = ReconConfig(**settings).validate()
     n_train = args.n - args.eval
-    model, res, held, z, cpu, wall = train_and_encode(config, data, np.arange(n_train), np.arange(n_train, args.n),
-                                                      base, workdir / f"run_segments_snr{args.snr:g}", args.progress)
+    model, res, held, z, (cpu, enc_cpu), wall = train_and_encode(
+        config, data, np.arange(n_train), np.arange(n_train, args.n), base, workdir / f"run_segments_snr{args.snr:g}",
+        args.progress, args.refine_steps, args.refine_lr)
     motions = model.segment_motions(z)
     ang, ax = motions["angle_deg"].numpy(), motions["axis"].numpy()
     labels = model.decoder.segmentation.labels()[base.residue_index]
@@ -212,7 +213,8 @@ def main(argv=None) -> dict:
         "angle_pearson_r": r, "mean_abs_angle_error_deg": float(np.abs(signed - true_deg).mean()),
         "mean_axis_error_deg": axis_err, "structures": acc,
         "base_mean_rmsd_A": float(paired_rmsd(np.repeat(base.coords_A[None], len(true_eval), 0), true_eval).mean()),
-        "train_cpu_s": cpu, "train_wall_s": wall, "epochs": res.epoch, "settings": settings, **ideal,
+        "train_cpu_s": cpu, "train_wall_s": wall, "epochs": res.epoch, "settings": settings,
+        "refine_steps": args.refine_steps, "refine_lr": args.refine_lr, "encode_cpu_s": enc_cpu, **ideal,
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
     }
     return emit(report, args.json)

@@ -342,3 +342,29 @@ def test_default_subcommand_is_train():
     for argv in (["recon", "train", "p.star"], ["recon", "analyze", "r"], ["recon", "-h"], ["recon"],
                  ["simulate", "x"], ["-v", "recon", "--help"]):
         assert default_subcommand(argv) == argv
+
+
+def test_analyze_refines_latents_from_the_recorded_particles(residues_run, tmp_path, capsys):
+    """--refine-z re-reads the run's particles (from config.yaml) and replaces μ by each particle's MAP z,
+    which explains its image at least as well (the energy never rises)."""
+    from cryoconf.errors import InputError
+    from cryoconf.recon.analysis import particles_of_run
+    from cryoconf.recon.latent_refinement import latent_energy
+    from cryoconf.recon.training import load_recon
+
+    out = tmp_path / "refined"
+    assert main(["recon", "analyze", str(residues_run.run), "-o", str(out), "--ksample", "0", "--steps", "3",
+                 "--refine-z", "10", "--no-progress"]) == 0
+    mu = np.load(residues_run.run / "z.2.npy")
+    z = np.load(out / "z.npy")
+    assert z.shape == mu.shape and not np.allclose(z, mu)
+    model, _ = load_recon(residues_run.run)
+    particles = particles_of_run(residues_run.run, model.box)
+    b = particles.batch(np.arange(len(particles)))
+    with torch.no_grad():
+        data = model.prepare(b)[0]
+        e_mu = latent_energy(model, b, data, torch.from_numpy(mu))
+        e_z = latent_energy(model, b, data, torch.from_numpy(z))
+    assert bool((e_z <= e_mu + 1e-6).all()) and float((e_mu - e_z).mean()) > 0
+    with pytest.raises(InputError, match="particles"):
+        particles_of_run(tmp_path, model.box)

@@ -212,8 +212,8 @@ def run_train(args) -> int:
         torch.set_num_threads(args.threads)
     config = build_config(args)
     particles, base = read_particles_and_structure(args, config.downsample_box)
-    inputs = {k: getattr(args, k) for k in ("particles", "structure", "datadir", "poses", "ctf", "ind", "mode",
-                                             "center", "selection")}
+    inputs = {k: getattr(args, k) for k in ("particles", "structure", "datadir", "poses", "ctf", "ind", "apix",
+                                             "mode", "center", "selection")}
     result = train_recon(config, particles, base, args.output, load=args.load, device=args.device,
                          progress=not args.no_progress, inputs=inputs)
     last = f", final loss {result.losses[-1][1]:.5g}" if result.losses else ""
@@ -237,14 +237,35 @@ def _register_analyze(sub) -> None:
     p.add_argument("--maps", action="store_true", help="MRC maps of the traversal ends and k-means centres")
     p.add_argument("--umap", action="store_true", help="UMAP plot (needs the umap extra)")
     p.add_argument("--seed", type=int, default=0, help="k-means/UMAP seed")
+    g = p.add_argument_group("latent refinement")
+    g.add_argument("--refine-z", type=int, default=0, metavar="STEPS",
+                   help="refine each particle's z for STEPS Adam steps from the encoder's mean: its MAP with the "
+                        "decoder fixed, which closes the encoder's amortisation gap (20 is usually enough; "
+                        "reads the particles again)")
+    g.add_argument("--refine-lr", type=float, default=0.05, help="Adam step size of the refinement")
+    g.add_argument("--particles", default=None, help="particles of the run (default: as recorded in RUN/config.yaml)")
+    g.add_argument("--datadir", default=None, help="folder of the image stacks (default: as recorded)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_analyze)
 
 
 def run_analyze(args) -> int:
-    from cryoconf.recon.analysis import analyze_run
+    import torch
 
+    from cryoconf.recon.analysis import analyze_run, particles_of_run
+    from cryoconf.recon.training import load_recon
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    particles = None
+    if args.refine_z > 0:
+        box = load_recon(args.run)[0].box
+        particles = particles_of_run(args.run, box, particles=args.particles, datadir=args.datadir)
     res = analyze_run(args.run, args.outdir, epoch=args.epoch, n_steps=args.steps, kmeans=args.ksample,
-                      structures=args.structures, maps=args.maps, umap=args.umap, seed=args.seed)
+                      structures=args.structures, maps=args.maps, umap=args.umap, seed=args.seed,
+                      refine_steps=args.refine_z, refine_lr=args.refine_lr, particles=particles,
+                      progress=not args.no_progress)
     evr = ", ".join(f"{100 * v:.0f} %" for v in res.explained_variance_ratio[:3])
     print(f"analysis of epoch {res.epoch} written to {res.outdir} (PC variance: {evr})")
     return 0

@@ -33,7 +33,7 @@ from cryoconf.rundir import list_checkpoints
 from cryoconf.structure.model import Structure
 from cryoconf.structure.writers import write_pdb
 
-__all__ = ["analyze_run", "AnalysisResult", "pca", "traversal"]
+__all__ = ["analyze_run", "AnalysisResult", "pca", "traversal", "particles_of_run"]
 
 log = logging.getLogger("cryoconf.recon")
 
@@ -82,9 +82,38 @@ def _write_maps(model, coords: np.ndarray, prefix: Path, voxel_A: float, box: in
     return paths
 
 
+def particles_of_run(run_dir, box: int, **overrides):
+    """The particles a run was trained on, read again from the ``inputs`` of its config.yaml.
+
+    ``overrides`` (particles, datadir, poses, ctf, ind, apix) replace recorded inputs, e.g.
+    when the files have moved or the run was trained elsewhere.
+    """
+    import yaml
+
+    from cryoconf.data.dataset import load_particles
+    from cryoconf.recon.data import ReconParticles
+
+    cfg = Path(run_dir) / "config.yaml"
+    inputs = (yaml.safe_load(cfg.read_text()) or {}).get("inputs") or {} if cfg.exists() else {}
+    inputs = {**inputs, **{k: v for k, v in overrides.items() if v is not None}}
+    if not inputs.get("particles"):
+        raise InputError(f"{cfg}: records no particle file; give the particles of the run (--particles)")
+    dataset = load_particles(inputs["particles"], datadir=inputs.get("datadir"), ind=inputs.get("ind"),
+                             poses=inputs.get("poses"), ctf=inputs.get("ctf"), apix=inputs.get("apix"),
+                             require_poses=True)
+    return ReconParticles(dataset, box, progress=False)
+
+
 def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int = 10, kmeans: int = 10,
-                structures: bool = False, maps: bool = False, umap: bool = False, seed: int = 0) -> AnalysisResult:
-    """Analyse ``run_dir`` (see the module docstring); outputs go to ``outdir`` (default RUN/analyze.N)."""
+                structures: bool = False, maps: bool = False, umap: bool = False, seed: int = 0,
+                refine_steps: int = 0, refine_lr: float = 0.05, particles=None,
+                progress: bool = False) -> AnalysisResult:
+    """Analyse ``run_dir`` (see the module docstring); outputs go to ``outdir`` (default RUN/analyze.N).
+
+    With ``refine_steps`` > 0 the latents are not the epoch's μ but each particle's MAP z with
+    the decoder fixed (:mod:`cryoconf.recon.latent_refinement`), computed on ``particles``
+    (a :class:`ReconParticles`; default: re-read from the run's recorded inputs).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +135,15 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     model, state = load_recon(ckpts[epoch])
     base = Structure(**state["base"])
     z = np.load(zfile)
+    if refine_steps > 0:
+        from cryoconf.recon.training import encode_particles
+
+        if particles is None:
+            particles = particles_of_run(run_dir, model.box)
+        if len(particles) != len(z):
+            raise InputError(f"{run_dir}: {len(particles)} particles given for refinement, but the run's z has "
+                             f"{len(z)} rows; give the particles (and --ind) the run was trained on")
+        z = encode_particles(model, particles, refine_steps=refine_steps, refine_lr=refine_lr, progress=progress)
     out = Path(outdir) if outdir is not None else run_dir / f"analyze.{epoch}"
     out.mkdir(parents=True, exist_ok=True)
     res = AnalysisResult(outdir=out, epoch=epoch)

@@ -108,20 +108,29 @@ def load_recon(path, map_location="cpu") -> tuple[ReconModel, dict]:
     return model, state
 
 
-@torch.no_grad()
 def encode_particles(model: ReconModel, particles: ReconParticles, positions=None, batch_size: int = 256,
-                     device=None, progress: bool = False) -> np.ndarray:
-    """μ of q(z | image) (n, L) for the particles at ``positions`` (all by default)."""
+                     device=None, progress: bool = False, refine_steps: int = 0, refine_lr: float = 0.05) -> np.ndarray:
+    """z (n, L) for the particles at ``positions`` (all by default): μ of q(z | image), or with
+    ``refine_steps`` > 0 the per-particle MAP refined from μ with the decoder fixed
+    (:mod:`cryoconf.recon.latent_refinement`)."""
     from tqdm.auto import tqdm
+
+    from cryoconf.recon.latent_refinement import refine_latents
 
     positions = np.arange(len(particles)) if positions is None else np.asarray(positions)
     dev = device or next(model.parameters()).device
     was = model.training
     model.eval()
     out = []
-    for s in tqdm(range(0, positions.size, batch_size), desc="encode", disable=not progress):
+    desc = f"encode + refine z ({refine_steps} steps)" if refine_steps > 0 else "encode"
+    for s in tqdm(range(0, positions.size, batch_size), desc=desc, disable=not progress):
         b = particles.batch(positions[s:s + batch_size], device=dev)
-        out.append(model.encode(model.prepare(b)[1])[0].cpu())
+        with torch.no_grad():
+            data, enc_in = model.prepare(b)
+            mu = model.encode(enc_in)[0]
+        if refine_steps > 0:
+            mu = refine_latents(model, b, mu, steps=refine_steps, lr=refine_lr, data=data)[0]
+        out.append(mu.cpu())
     model.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.latent_dim), np.float32)
 
