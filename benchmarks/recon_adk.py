@@ -83,15 +83,16 @@ def _value(text: str):
         return yaml.safe_load(text)
 
 
-def parse_common(ap: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
-    """Add the options both recon benchmarks share, parse ``argv`` and apply --threads."""
+def parse_common(ap: argparse.ArgumentParser, argv, name: str, refine_steps: int = 0) -> argparse.Namespace:
+    """Add the options both recon benchmarks share (``refine_steps``: the default of --refine-steps),
+    parse ``argv`` and apply --threads."""
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ReconConfig settings (YAML values)")
     ap.add_argument("--workdir", default=str(REPO / "runs" / name))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--refine-steps", type=int, default=0,
+    ap.add_argument("--refine-steps", type=int, default=refine_steps,
                     help="refine each held-out particle's z for this many Adam steps from the encoder's μ "
                          "(the MAP with the decoder fixed; 0: μ as it is)")
     ap.add_argument("--refine-lr", type=float, default=0.05)

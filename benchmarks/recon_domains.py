@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
                          "angle on a 1° grid given the true structure, pose, shift and CTF (an upper bound on r)")
     ap.add_argument("--angles-out", default=None,
                     help="also write the held-out particles' true and predicted angles (.npz) and a scatter plot (.png)")
-    args = parse_common(ap, argv, "recon_domains")
+    args = parse_common(ap, argv, "recon_domains", refine_steps=20)
     rng = np.random.default_rng(args.seed + 17)
     conf = adk_conformations()
     base = conf.structure(0).with_coords(conf.centered_coords("first")[0])

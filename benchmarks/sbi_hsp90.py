@@ -83,16 +83,22 @@ def training_budget(run: Path) -> dict:
             "last_validation_loss": float(val[-1][2]) if val else None}
 
 
-def npe_means(model: SBIModel, images: torch.Tensor, n_samples: int, batch: int = 256):
-    """Posterior mean and std of θ per image, and the wall seconds per particle (embedding + sampling)."""
+def npe_means(model: SBIModel, images: torch.Tensor, n_samples: int, truth: np.ndarray, tolerance: float,
+              batch: int = 256):
+    """Posterior mean and std of θ per image, the wall seconds per particle (embedding + sampling),
+    and per particle the fraction of samples within ``tolerance`` of ``truth`` (outside the timing)."""
     model.sample(images[:8], n_samples)  # warm-up
     t0 = time.perf_counter()
-    means, stds = [], []
+    means, stds, samples = [], [], []
     for s in range(0, images.shape[0], batch):
         x = model.sample(images[s:s + batch], n_samples)[..., 0].double()
         means.append(x.mean(0))
         stds.append(x.std(0))
-    return torch.cat(means).numpy(), torch.cat(stds).numpy(), (time.perf_counter() - t0) / images.shape[0]
+        samples.append(x)
+    seconds = (time.perf_counter() - t0) / images.shape[0]
+    x = torch.cat(samples, 1).numpy()
+    within = (np.abs(x - truth[None]) <= tolerance).mean(0)
+    return torch.cat(means).numpy(), torch.cat(stds).numpy(), seconds, within
 
 
 def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, args):
@@ -114,7 +120,7 @@ def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, ima
     ll = np.logaddexp.reduce(np.stack([r.log_likelihood for r in results]), axis=0) - math.log(len(results))
     result = dataclasses.replace(results[0], log_likelihood=ll)
     summary = result.theta_summary()
-    return summary["theta_mean"], summary["theta_std"], seconds, result.map_template
+    return summary["theta_mean"], summary["theta_std"], seconds, result.map_template, result
 
 
 def plot(path: Path, per_snr: list, comparison: dict | None) -> None:
@@ -188,8 +194,10 @@ def main() -> None:
                                            seed=EVALUATION_SEED + 1)
         truth = params["theta"].numpy()
         theta = np.asarray(simulator.template_prior.theta, dtype=np.float64)  # (M,) in template order
-        npe_m, npe_s, npe_t = npe_means(model, images, args.samples)
-        base_m, base_s, base_t, base_map = baseline_means(simulator, theta, params, images, args)
+        npe_m, npe_s, npe_t, npe_within = npe_means(model, images, args.samples, truth, args.tolerance)
+        base_m, base_s, base_t, base_map, base_result = baseline_means(simulator, theta, params, images, args)
+        # the baseline's posterior mass on the templates within the tolerance of the true θ
+        base_within = (base_result.posterior * (np.abs(theta[None, :] - truth[:, None]) <= args.tolerance)).sum(1)
         template = params["template"].numpy()  # the template each particle was rendered from
         rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
         out["baseline_comparison"] = {
@@ -203,6 +211,8 @@ def main() -> None:
             "baseline_map_is_rendered_template": round(float(np.mean(base_map == template)), 4),
             "baseline_map_within_one_template": round(float(np.mean(np.abs(base_map - template) <= 1)), 4),
             "npe_mean_std_A": round(float(npe_s.mean()), 4), "baseline_mean_std_A": round(float(base_s.mean()), 4),
+            "npe_fraction_within_tolerance": round(float(npe_within.mean()), 4),
+            "baseline_mass_within_tolerance": round(float(base_within.mean()), 4),
             "npe_seconds_per_particle": npe_t, "baseline_seconds_per_particle": base_t,
             "speedup": round(base_t / npe_t, 1),
         }

@@ -77,6 +77,33 @@ def test_centre_learning_rate_schedule():
     assert centre_lr_factor(c, 5.0) == pytest.approx(0.1)
 
 
+def test_coarse_to_fine_lowpass_schedule():
+    from cryoconf.fit.training import lowpass_at
+
+    assert lowpass_at(FitConfig(epochs=4), 2.0, 1.5) is None  # off by default
+    c = FitConfig(warmup_epochs=1, epochs=4, lowpass_start_A=8.0, lowpass_anneal_frac=0.5).validate()
+    assert lowpass_at(c, 0.5, 1.5) is None  # the warm-up sees the data as configured
+    assert lowpass_at(c, 1.0, 1.5) == pytest.approx(8.0)
+    assert lowpass_at(c, 2.0, 1.5) == pytest.approx((8.0 * 3.0) ** 0.5)  # half-way: geometric mean with Nyquist
+    assert lowpass_at(c, 3.0, 1.5) is None and lowpass_at(c, 5.0, 1.5) is None  # annealed: back to the data as is
+    c = FitConfig(warmup_epochs=0, epochs=2, lowpass_A=5.0, lowpass_start_A=10.0, lowpass_anneal_frac=1.0).validate()
+    assert [lowpass_at(c, e, 1.0) for e in (0.0, 1.0, 2.0)] == pytest.approx([10.0, 50.0 ** 0.5, 5.0])
+    with pytest.raises(InputError, match="coarse to fine"):
+        FitConfig(lowpass_A=8.0, lowpass_start_A=4.0).validate()
+    with pytest.raises(InputError, match="lowpass-anneal"):
+        FitConfig(lowpass_start_A=8.0, lowpass_anneal_frac=0.0).validate()
+
+
+def test_coarse_to_fine_fit_runs_and_refines(tmp_path, toy):
+    """With the coarse-to-fine low-pass the noise-free toy still refines towards the truth."""
+    truth, start, particles, _ = toy
+    res = fit_structure(_cfg(lowpass_start_A=10.0), particles, start, tmp_path / "c2f", progress=False,
+                        reference=truth)
+    s = res.summary
+    assert s["ca_rmsd_fit_A"] < 0.5 * s["ca_rmsd_start_A"], s
+    assert res.model.comparison.lowpass_A is None  # the schedule ended at the data's own resolution
+
+
 def test_resume_equals_straight_run(tmp_path, toy):
     _, start, particles, _ = toy
     straight = fit_structure(_cfg(epochs=2), particles, start, tmp_path / "a", progress=False)

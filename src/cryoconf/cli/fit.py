@@ -33,6 +33,10 @@ _SETTINGS = [
     ("--image-weight", "image_weight", float, "weight of the image loss (0: restraints only)"),
     ("--downsample", "downsample_box", int, "working box (Fourier crop)"),
     ("--lowpass", "lowpass_A", float, "soft low-pass (Å) of data and prediction"),
+    ("--lowpass-start", "lowpass_start_A", float,
+     "coarse to fine: the low-pass starts here (Å) and sharpens to --lowpass (or Nyquist) over the first "
+     "--lowpass-anneal of the fit epochs"),
+    ("--lowpass-anneal", "lowpass_anneal_frac", float, "fraction of the fit epochs the coarse-to-fine low-pass takes"),
     ("--mask-radius", "mask_radius_frac", float, "circular mask radius as a fraction of box/2"),
     ("--scale", "scale", str, "learned (global a0 and offset) | closed_form (per image)"),
     ("--warmup", "warmup_epochs", int, "warm-up epochs (σ, a0; then the centres are reset)"),

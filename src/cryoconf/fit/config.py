@@ -26,6 +26,10 @@ class FitConfig:
     Optimisation: Adam; ``warmup_epochs`` train everything, then the centres are put
     back to the start (the paper's warm-up that sets σ and a0); then ``epochs`` more
     with the centres' learning rate decaying by a cosine to ``lr_final_frac`` of it.
+    Coarse to fine (``lowpass_start_A``): over the first ``lowpass_anneal_frac`` of those
+    epochs the low-pass of data and prediction sharpens geometrically from
+    ``lowpass_start_A`` to ``lowpass_A`` (or Nyquist), which widens the basin of the right
+    fit for a start several Å away; the warm-up and the rest use ``lowpass_A``.
     """
 
     sigma: str = "shared"
@@ -36,6 +40,8 @@ class FitConfig:
     image_weight: float = 1.0
     downsample_box: int | None = None
     lowpass_A: float | None = None
+    lowpass_start_A: float | None = None
+    lowpass_anneal_frac: float = 0.5
     mask_radius_frac: float = 0.9
     mask_soft_edge_px: float = 3.0
     scale: str = "learned"
@@ -68,6 +74,13 @@ class FitConfig:
         check(self.downsample_box is None or (self.downsample_box >= 8 and self.downsample_box % 2 == 0),
               f"--downsample must be an even box ≥ 8, got {self.downsample_box}")
         check(self.lowpass_A is None or self.lowpass_A > 0, f"--lowpass must be > 0 Å, got {self.lowpass_A}")
+        check(self.lowpass_start_A is None or self.lowpass_start_A > 0,
+              f"--lowpass-start must be > 0 Å, got {self.lowpass_start_A}")
+        check(self.lowpass_start_A is None or self.lowpass_A is None or self.lowpass_start_A >= self.lowpass_A,
+              f"--lowpass-start ({self.lowpass_start_A} Å) must be at least --lowpass ({self.lowpass_A} Å): "
+              "the schedule goes from coarse to fine")
+        check(0 < self.lowpass_anneal_frac <= 1,
+              f"--lowpass-anneal must be in (0, 1], got {self.lowpass_anneal_frac}")
         check(0 < self.mask_radius_frac <= 1.5, f"--mask-radius must be in (0, 1.5], got {self.mask_radius_frac}")
         check(self.scale in ("learned", "closed_form"), f"--scale must be learned or closed_form, got {self.scale!r}")
         check(self.projector in ("point", "pixel"), f"--projector must be point or pixel, got {self.projector!r}")

@@ -32,7 +32,7 @@ from cryoconf.rundir import (
 from cryoconf.structure.model import Structure
 from cryoconf.structure.writers import write_pdb
 
-__all__ = ["fit_structure", "FitResult", "centre_lr_factor"]
+__all__ = ["fit_structure", "FitResult", "centre_lr_factor", "lowpass_at"]
 
 log = logging.getLogger("cryoconf.fit")
 
@@ -54,6 +54,23 @@ def centre_lr_factor(config: FitConfig, epoch_float: float) -> float:
     t = min(1.0, (epoch_float - config.warmup_epochs) / config.epochs)
     f = config.lr_final_frac
     return f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lowpass_at(config: FitConfig, epoch_float: float, apix_A: float) -> float | None:
+    """The low-pass resolution (Å; None = none) at ``epoch_float`` (``FitConfig.lowpass_start_A``).
+
+    Warm-up and, without a start value, everything: ``lowpass_A``. Otherwise, over the first
+    ``lowpass_anneal_frac`` of the fit epochs, geometric from ``lowpass_start_A`` to
+    ``lowpass_A`` (to the Nyquist resolution 2·apix when that is None), then ``lowpass_A``.
+    """
+    if config.lowpass_start_A is None or epoch_float < config.warmup_epochs or config.epochs == 0:
+        return config.lowpass_A
+    t = (epoch_float - config.warmup_epochs) / (config.epochs * config.lowpass_anneal_frac)
+    if t >= 1.0:
+        return config.lowpass_A
+    end = config.lowpass_A if config.lowpass_A is not None else 2.0 * apix_A
+    start = max(config.lowpass_start_A, end)
+    return start * (end / start) ** t
 
 
 def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure, run_dir, *, load=None,
@@ -120,6 +137,7 @@ def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure
             for bi in range(n_batches):
                 factor = centre_lr_factor(config, epoch + bi / n_batches)
                 centre_group["lr"] = config.lr_centres_A * factor
+                model.comparison.lowpass_A = lowpass_at(config, epoch + bi / n_batches, particles.apix_A)
                 batch = particles.batch(order[bi * config.batch_size:(bi + 1) * config.batch_size].numpy(), device=dev)
                 out = model(batch)
                 optimizer.zero_grad(set_to_none=True)
