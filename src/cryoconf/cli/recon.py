@@ -253,19 +253,14 @@ def _register_analyze(sub) -> None:
 def run_analyze(args) -> int:
     import torch
 
-    from cryoconf.recon.analysis import analyze_run, particles_of_run
-    from cryoconf.recon.training import load_recon
+    from cryoconf.recon.analysis import analyze_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    particles = None
-    if args.refine_z > 0:
-        box = load_recon(args.run)[0].box
-        particles = particles_of_run(args.run, box, particles=args.particles, datadir=args.datadir)
     res = analyze_run(args.run, args.outdir, epoch=args.epoch, n_steps=args.steps, kmeans=args.ksample,
                       structures=args.structures, maps=args.maps, umap=args.umap, seed=args.seed,
-                      refine_steps=args.refine_z, refine_lr=args.refine_lr, particles=particles,
-                      progress=not args.no_progress)
+                      refine_steps=args.refine_z, refine_lr=args.refine_lr,
+                      inputs={"particles": args.particles, "datadir": args.datadir}, progress=not args.no_progress)
     evr = ", ".join(f"{100 * v:.0f} %" for v in res.explained_variance_ratio[:3])
     print(f"analysis of epoch {res.epoch} written to {res.outdir} (PC variance: {evr})")
     return 0

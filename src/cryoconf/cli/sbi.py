@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cryoconf.cli.command_group import add_command_group
 from cryoconf.cli.help_format import DefaultsHelpFormatter
 
 log = logging.getLogger(__name__)
@@ -274,14 +275,4 @@ SUBCOMMANDS = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sbi", help="amortized template matching by simulation-based inference (cryoSBI)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=run, _sbi_parser=p)
-    ss = p.add_subparsers(dest="sbi_command", metavar="SUBCOMMAND")
-    for register_sub in SUBCOMMANDS.values():
-        register_sub(ss)
-
-
-def run(args) -> int:
-    args._sbi_parser.print_help()
-    return 1
+    add_command_group(sub, "sbi", "amortized template matching by simulation-based inference (cryoSBI)", DESCRIPTION, SUBCOMMANDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cryoconf.cli.command_group import add_command_group
 from cryoconf.cli.help_format import DefaultsHelpFormatter
 
 DESCRIPTION = """\
@@ -235,14 +236,4 @@ SUBCOMMANDS = {"train": _register_train, "analyze": _register_analyze}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("svi", help="amortized SVI of ANM amplitudes, pose and defocus (Woollard et al.)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=run, _svi_parser=p)
-    ss = p.add_subparsers(dest="svi_command", metavar="SUBCOMMAND")
-    for register_sub in SUBCOMMANDS.values():
-        register_sub(ss)
-
-
-def run(args) -> int:
-    args._svi_parser.print_help()
-    return 1
+    add_command_group(sub, "svi", "amortized SVI of ANM amplitudes, pose and defocus (Woollard et al.)", DESCRIPTION, SUBCOMMANDS)

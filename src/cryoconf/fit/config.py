@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from cryoconf.errors import InputError
+from cryoconf.settings import settings_from_mapping
 
 __all__ = ["FitConfig", "RESUMABLE_CHANGES"]
 
@@ -101,8 +102,4 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown fit setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d).validate()
+        return settings_from_mapping(cls, d, "fit").validate()

@@ -106,13 +106,14 @@ def particles_of_run(run_dir, box: int, **overrides):
 
 def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int = 10, kmeans: int = 10,
                 structures: bool = False, maps: bool = False, umap: bool = False, seed: int = 0,
-                refine_steps: int = 0, refine_lr: float = 0.05, particles=None,
+                refine_steps: int = 0, refine_lr: float = 0.05, particles=None, inputs: dict | None = None,
                 progress: bool = False) -> AnalysisResult:
     """Analyse ``run_dir`` (see the module docstring); outputs go to ``outdir`` (default RUN/analyze.N).
 
     With ``refine_steps`` > 0 the latents are not the epoch's μ but each particle's MAP z with
     the decoder fixed (:mod:`cryoconf.recon.latent_refinement`), computed on ``particles``
-    (a :class:`ReconParticles`; default: re-read from the run's recorded inputs).
+    (a :class:`ReconParticles`; default: re-read from the run's recorded inputs, with
+    ``inputs`` replacing some of them, see :func:`particles_of_run`).
     """
     import matplotlib
 
@@ -139,7 +140,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         from cryoconf.recon.training import encode_particles
 
         if particles is None:
-            particles = particles_of_run(run_dir, model.box)
+            particles = particles_of_run(run_dir, model.box, **(inputs or {}))
         if len(particles) != len(z):
             raise InputError(f"{run_dir}: {len(particles)} particles given for refinement, but the run's z has "
                              f"{len(z)} rows; give the particles (and --ind) the run was trained on")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from cryoconf.errors import InputError
+from cryoconf.settings import settings_from_mapping
 
 __all__ = ["ReconConfig", "MODELS", "RESUMABLE_CHANGES"]
 
@@ -143,8 +144,4 @@ class ReconConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReconConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown recon setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d).validate()
+        return settings_from_mapping(cls, d, "recon").validate()

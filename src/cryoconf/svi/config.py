@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from cryoconf.errors import InputError
+from cryoconf.settings import settings_from_mapping
 
 __all__ = ["SVIConfig"]
 
@@ -97,8 +98,4 @@ class SVIConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SVIConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"SVI config: unknown keys {unknown}")
-        return cls(**data)
+        return settings_from_mapping(cls, data, "SVI")
