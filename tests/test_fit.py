@@ -14,6 +14,7 @@ from cryoconf.cli.main import main
 from cryoconf.errors import InputError
 from cryoconf.fit import FitConfig, fit_structure
 from cryoconf.fit.report import displacement_report, match_reference
+from cryoconf.fit.model import collective_basis
 from cryoconf.fit.training import centre_lr_factor
 from cryoconf.recon import ReconParticles
 from cryoconf.recon.geometry import backbone_atoms
@@ -31,7 +32,7 @@ def toy(tmp_path_factory):
 
 
 def _cfg(**kw) -> FitConfig:
-    base = dict(sigma_init_A=2.0, warmup_epochs=1, epochs=8, batch_size=16, lr_centres_A=0.05, lr_sigma=0.02)
+    base = dict(sigma_init_A=2.0, warmup_epochs=1, modes=0, epochs=8, batch_size=16, lr_centres_A=0.05, lr_sigma=0.02)
     return FitConfig(**{**base, **kw})
 
 
@@ -70,23 +71,29 @@ def test_warmup_resets_centres_and_keeps_sigma(tmp_path, toy):
 
 
 def test_centre_learning_rate_schedule():
-    c = FitConfig(warmup_epochs=1, epochs=4, lr_final_frac=0.1)
+    c = FitConfig(warmup_epochs=1, modes=0, epochs=4, lr_final_frac=0.1)
     assert centre_lr_factor(c, 0.5) == 1.0
     assert centre_lr_factor(c, 1.0) == pytest.approx(1.0)
     assert centre_lr_factor(c, 3.0) == pytest.approx(0.1 + 0.9 * 0.5)
     assert centre_lr_factor(c, 5.0) == pytest.approx(0.1)
+    m = FitConfig(warmup_epochs=1, modes=5, mode_epochs=2, epochs=4, lr_final_frac=0.1)
+    assert m.free_start_epoch == 3 and m.total_epochs == 7
+    assert centre_lr_factor(m, 0.5) == 1.0 and centre_lr_factor(m, 1.5) == 0.0  # centres frozen in the mode stage
+    assert centre_lr_factor(m, 3.0) == pytest.approx(1.0) and centre_lr_factor(m, 5.0) == pytest.approx(0.55)
+    assert FitConfig(modes=0, mode_epochs=2).free_start_epoch == 1  # no mode stage without modes
 
 
 def test_coarse_to_fine_lowpass_schedule():
     from cryoconf.fit.training import lowpass_at
 
     assert lowpass_at(FitConfig(epochs=4), 2.0, 1.5) is None  # off by default
-    c = FitConfig(warmup_epochs=1, epochs=4, lowpass_start_A=8.0, lowpass_anneal_frac=0.5).validate()
+    c = FitConfig(warmup_epochs=1, modes=0, epochs=4, lowpass_start_A=8.0, lowpass_anneal_frac=0.5).validate()
     assert lowpass_at(c, 0.5, 1.5) is None  # the warm-up sees the data as configured
     assert lowpass_at(c, 1.0, 1.5) == pytest.approx(8.0)
     assert lowpass_at(c, 2.0, 1.5) == pytest.approx((8.0 * 3.0) ** 0.5)  # half-way: geometric mean with Nyquist
     assert lowpass_at(c, 3.0, 1.5) is None and lowpass_at(c, 5.0, 1.5) is None  # annealed: back to the data as is
-    c = FitConfig(warmup_epochs=0, epochs=2, lowpass_A=5.0, lowpass_start_A=10.0, lowpass_anneal_frac=1.0).validate()
+    c = FitConfig(warmup_epochs=0, modes=0, epochs=2, lowpass_A=5.0, lowpass_start_A=10.0,
+                  lowpass_anneal_frac=1.0).validate()
     assert [lowpass_at(c, e, 1.0) for e in (0.0, 1.0, 2.0)] == pytest.approx([10.0, 50.0 ** 0.5, 5.0])
     with pytest.raises(InputError, match="coarse to fine"):
         FitConfig(lowpass_A=8.0, lowpass_start_A=4.0).validate()
@@ -113,6 +120,53 @@ def test_resume_equals_straight_run(tmp_path, toy):
                                atol=1e-6)
     with pytest.raises(InputError, match="settings differ"):
         fit_structure(_cfg(epochs=3, bond_k=0.2), particles, start, tmp_path / "b", load="latest", progress=False)
+
+
+def test_collective_basis_units_and_side_chains(toy):
+    truth, *_ = toy
+    basis = collective_basis(truth, 6)
+    bb = backbone_atoms(truth)
+    assert basis.shape == (6, truth.n_atoms, 3)
+    np.testing.assert_allclose(np.sqrt((basis[:, bb] ** 2).sum(-1).mean(-1)), 1.0, rtol=1e-6)  # amplitude 1 = 1 Å RMS
+    sc = np.flatnonzero(truth.atom_names == "SC")
+    ca_of = {int(truth.residue_index[b]): b for b in bb}
+    for i in sc:  # side-chain RBFs ride with their residue's backbone site
+        np.testing.assert_array_equal(basis[:, i], basis[:, ca_of[int(truth.residue_index[i])]])
+    far = truth.with_coords(truth.coords_A + np.where(truth.residue_index[:, None] >= 10, 40.0, 0.0).astype(np.float32))
+    with pytest.raises(InputError, match="disconnected"):
+        collective_basis(far, 6)
+
+
+def test_mode_stage_recovers_a_collective_displacement(tmp_path, toy):
+    """Truth = start moved along its own low modes: the mode stage alone (no free epochs) brings it back."""
+    _, start, *_ = toy
+    basis = collective_basis(start, 4)
+    target = start.with_coords((start.coords_A + 2.0 * basis[0] - 1.5 * basis[1] + 1.0 * basis[3]).astype(np.float32))
+    ds, _ = simulate_toy(tmp_path / "data", target.coords_A[None], target, n=256, box=32)
+    particles = ReconParticles(ds, progress=False)
+    # (bonds off: the linear modes stretch them, and the restraint would rightly hold the amplitudes back)
+    res = fit_structure(_cfg(modes=4, mode_epochs=4, epochs=0, lr_modes_A=0.1, bond_k=0.0), particles, start,
+                        tmp_path / "run", progress=False, reference=target)
+    s = res.summary
+    assert s["ca_rmsd_start_A"] > 2.0
+    assert s["ca_rmsd_fit_A"] < 0.25 * s["ca_rmsd_start_A"], s  # measured 2.69 → 0.07 Å
+    assert float(res.model.mode_amplitudes_A.detach().abs().max()) == 0.0  # folded into the centres at the end of the stage
+    assert "mode stage done" in (tmp_path / "run" / "run.log").read_text()
+
+
+def test_mode_stage_resumes_and_is_skipped_for_a_disconnected_start(tmp_path, toy, caplog):
+    _, start, particles, _ = toy
+    cfg = dict(modes=3, mode_epochs=1, warmup_epochs=1)
+    straight = fit_structure(_cfg(epochs=1, **cfg), particles, start, tmp_path / "a", progress=False)
+    fit_structure(_cfg(epochs=0, **cfg), particles, start, tmp_path / "b", progress=False)
+    resumed = fit_structure(_cfg(epochs=1, **cfg), particles, start, tmp_path / "b", load="latest", progress=False)
+    torch.testing.assert_close(torch.as_tensor(resumed.fitted_A), torch.as_tensor(straight.fitted_A), rtol=0,
+                               atol=1e-6)
+    far = start.with_coords(start.coords_A + np.where(start.residue_index[:, None] >= 10, 40.0, 0.0).astype(np.float32))
+    with caplog.at_level("WARNING", logger="cryoconf.fit"):
+        res = fit_structure(_cfg(epochs=0, **cfg), particles, far, tmp_path / "c", progress=False)
+    assert "mode stage skipped" in caplog.text and not res.model.has_modes
+    assert "modes: 0" in (tmp_path / "c" / "config.yaml").read_text()
 
 
 def test_report_values_and_reference_mismatch(toy):

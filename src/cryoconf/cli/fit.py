@@ -9,13 +9,22 @@ Homogeneous fit of Cryofold's RBF model (Zhong et al.): two Gaussian RBFs per re
 (Cα and side-chain centroid; --mode ca keeps one per residue) with learned centres,
 a learned σ and a learned global amplitude a0, fitted by SGD to particles with known
 poses and CTF, held by harmonic Cα–Cα bonds (3.8 Å, k = 0.1/Å²) and one-sided
-side-chain bounds. A warm-up (--warmup epochs) refines σ and a0, then the centres are
-put back to the start and fitted for --epochs more.
+side-chain bounds. By default (--backbone-site centroid) each backbone RBF sits at
+its backbone's electron centroid (N, Cα, C, O of the all-atom start), where an
+all-atom density puts it, the bonds keep the start's spacing, and the Cα of
+fitted.pdb are mapped back from the fitted sites (the residue's Cα offset turned with
+its chain neighbourhood); --backbone-site ca is the paper's RBF at the Cα.
+A warm-up (--warmup epochs) refines σ and a0, then the centres are put back to the
+start and fitted for --epochs more. With --modes N, a collective
+stage comes first (--mode-epochs): the start moves only along its N lowest ANM normal
+modes (normal-mode flexible fitting), which carries whole domains into their density
+before residues are free to settle.
 
 PARTICLES: a RELION .star, a cryoSPARC .cs, or an .mrcs with cryoDRGN --poses/--ctf.
 The starting structure must be in the frame of the poses (--center as in recon).
 
-Outputs in RUN: fitted.pdb (B-factor = displacement from the start, Å),
+Outputs in RUN: fitted.pdb (Cα and side-chain RBFs; B-factor = displacement from the
+start, Å), rbf_centres.pdb (the fitted RBF centres, with centroid backbone sites),
 displacements.csv (per residue), fit.json (σ, a0, summary; with --reference the Cα
 RMSD and % within 3 Å before and after), loss.csv/loss.png, config.yaml, run.log and
 checkpoint.N.pt (`--load latest` resumes).
@@ -26,6 +35,8 @@ Ablations: --mode ca (no side-chain RBFs), --bond-k 0 (no bonds), --image-weight
 # flag → (FitConfig field, type, help)
 _SETTINGS = [
     ("--sigma", "sigma", str, "shared σ or one per residue_type"),
+    ("--backbone-site", "backbone_site", str,
+     "backbone RBF at the backbone's electron centroid (Cα mapped back) or at the ca (the paper)"),
     ("--sigma-init", "sigma_init_A", float, "initial σ (Å)"),
     ("--bond-k", "bond_k", float, "Cα–Cα bond constant per Å² (0: no bonds)"),
     ("--sidechain-k", "sidechain_k", float, "side-chain bound constant per Å² (0: none)"),
@@ -40,7 +51,11 @@ _SETTINGS = [
     ("--mask-radius", "mask_radius_frac", float, "circular mask radius as a fraction of box/2"),
     ("--scale", "scale", str, "learned (global a0 and offset) | closed_form (per image)"),
     ("--warmup", "warmup_epochs", int, "warm-up epochs (σ, a0; then the centres are reset)"),
-    ("--epochs", "epochs", int, "epochs after the warm-up"),
+    ("--modes", "modes", int,
+     "collective stage: first fit only the amplitudes of the start's N lowest ANM modes (0: off)"),
+    ("--mode-epochs", "mode_epochs", int, "epochs of the collective stage (with --modes)"),
+    ("--lr-modes", "lr_modes_A", float, "learning rate of the mode amplitudes (Å RMS per step)"),
+    ("--epochs", "epochs", int, "epochs after the warm-up (and the mode stage)"),
     ("-b", "batch_size", int, "batch size"),
     ("--lr", "lr_centres_A", float, "learning rate of the centres (Å per step, Adam)"),
     ("--lr-sigma", "lr_sigma", float, "learning rate of log σ"),
@@ -112,8 +127,16 @@ def run(args) -> int:
         reference = base_in_pose_frame(reference, args.center, particles.original_box, particles.original_apix_A)
     inputs = {k: getattr(args, k) for k in ("particles", "structure", "reference", "datadir", "poses", "ctf", "ind",
                                              "mode", "center", "selection")}
+    offsets = None
+    if config.backbone_site == "centroid":
+        from cryoconf.recon.geometry import backbone_atoms
+        from cryoconf.structure.backmapping import backbone_centroid_offsets
+
+        allatom = read_structure(args.structure, mode="allatom", selection=args.selection)
+        offsets = backbone_centroid_offsets(start, allatom, backbone_atoms(start), path=args.structure)
     result = fit_structure(config, particles, start, args.output, load=args.load, device=args.device,
-                           progress=not args.no_progress, inputs=inputs, reference=reference)
+                           progress=not args.no_progress, inputs=inputs, reference=reference,
+                           backbone_offsets_A=offsets)
     s = result.summary
     extra = (f"; Cα RMSD to the reference {s['ca_rmsd_start_A']:.2f} → {s['ca_rmsd_fit_A']:.2f} Å, "
              f"{s['pct_within_3A_fit']:.1f} % within 3 Å" if "ca_rmsd_fit_A" in s else "")

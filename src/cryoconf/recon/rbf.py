@@ -68,8 +68,8 @@ def sidechain_restraints(base: Structure) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def harmonic_bond_energy(coords_A: torch.Tensor, pairs: torch.Tensor, k_per_A2: float = PAPER_BOND_K,
-                         length_A: float = geometry.IDEAL_CA_CA_A) -> torch.Tensor:
-    """Σ_pairs k (|μ_i − μ_j| − l)², averaged over the batch of ``coords_A`` (B, N, 3)."""
+                         length_A: float | torch.Tensor = geometry.IDEAL_CA_CA_A) -> torch.Tensor:
+    """Σ_pairs k (|μ_i − μ_j| − l)², averaged over the batch of ``coords_A`` (B, N, 3); l one length or (P,) Å."""
     if pairs.numel() == 0:
         return coords_A.new_zeros(())
     d = geometry.pair_distances_sq(coords_A, pairs).clamp_min(1e-8).sqrt()
@@ -95,11 +95,16 @@ class RBFDensity(nn.Module):
             backbone RBFs of a ``ca+sc`` model are one type).
         sigma_init_A: the initial σ (default: the paper's 3.71 Å).
         bond_k, sidechain_k: restraint constants (per Å²); 0 switches a restraint off.
+        bond_lengths: ``ideal`` (3.8 Å, for sites at the Cα) or ``base`` (each bond's length in
+            ``base``: for backbone sites at the backbone centroid, whose spacing follows the
+            local conformation, 3.3 ± 0.2 Å).
     """
 
     def __init__(self, base: Structure, *, sigma: str = "shared", sigma_init_A: float = PAPER_SIGMA_INIT_A,
-                 bond_k: float = PAPER_BOND_K, sidechain_k: float = PAPER_BOND_K) -> None:
+                 bond_k: float = PAPER_BOND_K, sidechain_k: float = PAPER_BOND_K, bond_lengths: str = "ideal") -> None:
         super().__init__()
+        if bond_lengths not in ("ideal", "base"):
+            raise InputError(f"bond_lengths must be 'ideal' or 'base', got {bond_lengths!r}")
         if sigma not in ("shared", "residue_type"):
             raise InputError(f"--rbf-sigma must be shared or residue_type, got {sigma!r}")
         if not (sigma_init_A > 0 and math.isfinite(sigma_init_A)):
@@ -118,6 +123,9 @@ class RBFDensity(nn.Module):
         bb = backbone_atoms(base)
         bp = geometry.bond_pairs(bb.size, base.chain_breaks[bb])
         self.register_buffer("bond_pairs", torch.as_tensor(bb[bp.numpy()]).reshape(-1, 2))
+        rest = (geometry.pair_distances_sq(self.reference_A[None], self.bond_pairs)[0].sqrt()
+                if bond_lengths == "base" else torch.full((self.bond_pairs.shape[0],), geometry.IDEAL_CA_CA_A))
+        self.register_buffer("bond_length_A", rest, persistent=False)  # derived from reference_A
         sc_pairs, sc_len = sidechain_restraints(base)
         self.register_buffer("sidechain_pairs", sc_pairs)
         self.register_buffer("sidechain_max_A", sc_len)
@@ -134,7 +142,8 @@ class RBFDensity(nn.Module):
         """The bond and side-chain restraint energies of ``coords_A`` (B, N, 3), each averaged over the batch."""
         zero = coords_A.new_zeros(())
         return {
-            "rbf_bonds": (harmonic_bond_energy(coords_A, self.bond_pairs, self.bond_k) if self.bond_k > 0 else zero),
+            "rbf_bonds": (harmonic_bond_energy(coords_A, self.bond_pairs, self.bond_k, self.bond_length_A)
+                          if self.bond_k > 0 else zero),
             "rbf_sidechains": (sidechain_restraint_energy(coords_A, self.sidechain_pairs, self.sidechain_max_A,
                                                           self.sidechain_k) if self.sidechain_k > 0 else zero),
         }
