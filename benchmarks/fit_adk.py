@@ -45,7 +45,7 @@ from cryoconf.recon.geometry import backbone_atoms  # noqa: E402
 from cryoconf.structure.backmapping import backbone_centroid_offsets  # noqa: E402
 from cryoconf.structure.model import Structure  # noqa: E402
 
-STARTS = ("exact", "approximate", "uniform6", "random")
+STARTS = ("exact", "approximate", "md", "uniform6", "random")
 ABLATIONS = {"no_sidechains": {}, "no_bonds": {"bond_k": 0.0}, "no_image": {"image_weight": 0.0}}
 
 
@@ -105,6 +105,16 @@ def starting_structures(truth: Structure, seed: int) -> dict[str, Structure]:
     return starts
 
 
+def md_start(shift_A: np.ndarray) -> tuple[int, Structure, Structure]:
+    """(frame, ca+sc model, all-atom model) of the trajectory frame whose Cα RMSD to frame 0 is closest to 5 Å,
+    moved by ``shift_A`` like the truth (the frames are fitted on ADK's core, so no superposition)."""
+    ca = adk_conformations("ca").coords_A.astype(np.float64)
+    frame = int(np.argmin(np.abs(np.sqrt(((ca - ca[0]) ** 2).sum(-1).mean(-1)) - 5.0)))
+    sc = adk_conformations("ca+sc", frames=[frame]).structure(0)
+    atoms = adk_conformations("allatom", frames=[frame]).structure(0)
+    return frame, sc.with_coords((sc.coords_A - shift_A).astype(np.float32)), atoms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000, help="particles simulated")
@@ -136,19 +146,22 @@ def main() -> None:
     truth_ca = adk_frame0("ca").structure(0)
     truth_ca = truth_ca.with_coords((truth_ca.coords_A - shift).astype(np.float32))
     starts = starting_structures(truth_sc, args.seed)
+    md_frame, md_sc, md_atoms = md_start(shift)
+    starts["md"] = md_sc
     # Cα → backbone-centroid vectors of the all-atom truth; the exact and approximate starts move whole
     # residues rigidly, so they share them (uniform6 and random are Cα traces: no backbone atoms, none)
     truth_atoms = allatom.structure(0)
     offsets = {"ca+sc": backbone_centroid_offsets(truth_sc, truth_atoms, backbone_atoms(truth_sc)),
-               "ca": backbone_centroid_offsets(truth_ca, truth_atoms, backbone_atoms(truth_ca))}
+               "ca": backbone_centroid_offsets(truth_ca, truth_atoms, backbone_atoms(truth_ca)),
+               "md": backbone_centroid_offsets(md_sc, md_atoms, backbone_atoms(md_sc))}
 
     def run(name: str, start: Structure, reference: Structure, extra: dict) -> dict:
         config = FitConfig.from_dict({**settings, **extra, "seed": args.seed})
         run_dir = workdir / f"run_{name}"
         load = "latest" if any(run_dir.glob("checkpoint.*.pt")) else None
         c0 = cpu_seconds()
-        layout = "ca" if start.n_atoms == truth_ca.n_atoms else "ca+sc"
-        with_atoms = name.split("_")[0] in ("exact", "approximate")
+        layout = "md" if name == "md" else "ca" if start.n_atoms == truth_ca.n_atoms else "ca+sc"
+        with_atoms = name.split("_")[0] in ("exact", "approximate", "md")
         res = fit_structure(config, particles, start, run_dir, load=load, progress=args.progress,
                             reference=reference, backbone_offsets_A=offsets[layout] if with_atoms else None)
         out = {k: v for k, v in res.summary.items() if k != "sigma_A"}
@@ -159,6 +172,8 @@ def main() -> None:
     results = {"starts": {}, "ablations": {}}
     for name in args.starts:
         results["starts"][name] = run(name, starts[name], truth_sc, {})
+        if name == "md":
+            results["starts"][name]["trajectory_frame"] = md_frame
     for name in args.ablations:
         if name == "no_sidechains":
             bb = backbone_atoms(starts["approximate"])
