@@ -42,7 +42,7 @@ from cryoconf.dynamics.ensembles.modes import boltzmann_variances  # noqa: E402
 from cryoconf.fit import FitConfig, fit_structure  # noqa: E402
 from cryoconf.recon import ReconParticles  # noqa: E402
 from cryoconf.recon.geometry import backbone_atoms  # noqa: E402
-from cryoconf.structure.backmapping import backbone_centroid_offsets  # noqa: E402
+from cryoconf.dynamics.backmapping import backbone_centroid_offsets  # noqa: E402
 from cryoconf.structure.model import Structure  # noqa: E402
 
 STARTS = ("exact", "approximate", "md", "uniform6", "random")

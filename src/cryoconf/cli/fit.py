@@ -14,11 +14,11 @@ its backbone's electron centroid (N, Cα, C, O of the all-atom start), where an
 all-atom density puts it, the bonds keep the start's spacing, and the Cα of
 fitted.pdb are mapped back from the fitted sites (the residue's Cα offset turned with
 its chain neighbourhood); --backbone-site ca is the paper's RBF at the Cα.
-A warm-up (--warmup epochs) refines σ and a0, then the centres are put back to the
-start and fitted for --epochs more. With --modes N, a collective
-stage comes first (--mode-epochs): the start moves only along its N lowest ANM normal
-modes (normal-mode flexible fitting), which carries whole domains into their density
-before residues are free to settle.
+A warm-up (--warmup epochs) refines σ and a0 and then puts the centres back to the
+start. A collective stage follows (--mode-epochs; --modes 20 by default, 0 skips it):
+the start moves only along its lowest ANM normal modes (normal-mode flexible fitting),
+which carries whole domains into their density before residues are free to settle.
+Then the centres are fitted freely for --epochs.
 
 PARTICLES: a RELION .star, a cryoSPARC .cs, or an .mrcs with cryoDRGN --poses/--ctf.
 The starting structure must be in the frame of the poses (--center as in recon).
@@ -130,7 +130,7 @@ def run(args) -> int:
     offsets = None
     if config.backbone_site == "centroid":
         from cryoconf.recon.geometry import backbone_atoms
-        from cryoconf.structure.backmapping import backbone_centroid_offsets
+        from cryoconf.dynamics.backmapping import backbone_centroid_offsets
 
         allatom = read_structure(args.structure, mode="allatom", selection=args.selection)
         offsets = backbone_centroid_offsets(start, allatom, backbone_atoms(start), path=args.structure)

@@ -32,7 +32,7 @@ from cryoconf.recon.training import epoch_order
 from cryoconf.rundir import (
     LossCurve, capture_rng_state, restore_rng_state, run_log, save_checkpoint, settings_differences, write_config,
 )
-from cryoconf.structure.backmapping import backmap_backbone
+from cryoconf.dynamics.backmapping import backmap_backbone
 from cryoconf.structure.model import Structure
 from cryoconf.structure.writers import write_pdb
 
@@ -90,7 +90,7 @@ def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure
 
     ``reference``: a known structure (same residues) to report Cα errors against.
     ``backbone_offsets_A`` (N, 3) Å: Cα → backbone-centroid vectors of ``start`` (from
-    :func:`~cryoconf.structure.backmapping.backbone_centroid_offsets`); with
+    :func:`~cryoconf.dynamics.backmapping.backbone_centroid_offsets`); with
     ``backbone_site: centroid`` the backbone RBFs start there and the reported Cα are
     mapped back from them. None (or all zero): the RBFs sit at the Cα.
     """

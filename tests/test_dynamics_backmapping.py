@@ -12,7 +12,7 @@ from cryoconf.errors import InputError
 from cryoconf.fit import FitConfig, fit_structure
 from cryoconf.recon import ReconParticles
 from cryoconf.recon.geometry import backbone_atoms
-from cryoconf.structure.backmapping import backbone_centroid_offsets, backmap_backbone, local_rotations
+from cryoconf.dynamics.backmapping import backbone_centroid_offsets, backmap_backbone, local_rotations
 from cryoconf.structure.model import Structure
 from cryoconf.structure.readers import read_structure
 
