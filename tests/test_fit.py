@@ -122,6 +122,22 @@ def test_resume_equals_straight_run(tmp_path, toy):
         fit_structure(_cfg(epochs=3, bond_k=0.2), particles, start, tmp_path / "b", load="latest", progress=False)
 
 
+def test_checkpoint_from_before_the_new_settings_resumes_with_their_old_values(tmp_path, toy):
+    """A checkpoint without backbone_site/modes was trained with Cα sites and no collective stage."""
+    _, start, particles, _ = toy
+    fit_structure(_cfg(epochs=0, backbone_site="ca"), particles, start, tmp_path / "old", progress=False)
+    ckpt = tmp_path / "old" / "checkpoint.1.pt"
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("backbone_site", "modes", "mode_epochs", "lr_modes_A"):
+        state["config"].pop(key)
+    torch.save(state, ckpt)
+    res = fit_structure(_cfg(epochs=1, backbone_site="ca"), particles, start, tmp_path / "old", load="latest",
+                        progress=False)
+    assert res.epoch == 2 and not res.model.has_modes
+    with pytest.raises(InputError, match="backbone_site: checkpoint 'ca' vs now 'centroid'"):
+        fit_structure(_cfg(epochs=2), particles, start, tmp_path / "old", load="latest", progress=False)
+
+
 def test_collective_basis_units_and_side_chains(toy):
     truth, *_ = toy
     basis = collective_basis(truth, 6)

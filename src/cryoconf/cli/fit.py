@@ -89,13 +89,13 @@ def build_config(args):
     import torch
 
     from cryoconf.errors import InputError
-    from cryoconf.fit.config import FitConfig
+    from cryoconf.fit.config import FitConfig, stored_settings
     from cryoconf.rundir import resolve_checkpoint
 
     settings: dict = {}
     if args.load is not None:
-        settings.update(torch.load(resolve_checkpoint(args.load, args.output), map_location="cpu",
-                                   weights_only=False)["config"])
+        settings.update(stored_settings(torch.load(resolve_checkpoint(args.load, args.output), map_location="cpu",
+                                                   weights_only=False)["config"]))
     for _, name, *_ in _SETTINGS:
         value = getattr(args, name)
         if value is not None:

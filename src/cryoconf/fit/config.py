@@ -8,9 +8,18 @@ from dataclasses import asdict, dataclass
 from cryoconf.errors import InputError
 from cryoconf.settings import settings_from_mapping
 
-__all__ = ["FitConfig", "RESUMABLE_CHANGES"]
+__all__ = ["FitConfig", "RESUMABLE_CHANGES", "stored_settings"]
 
 RESUMABLE_CHANGES = {"epochs", "checkpoint_every"}
+
+#: Settings added with a default other than the behaviour before them: a checkpoint that
+#: lacks them was trained with these values (Cα sites, no collective stage).
+LEGACY_SETTINGS = {"backbone_site": "ca", "modes": 0}
+
+
+def stored_settings(stored: dict | None) -> dict:
+    """A checkpoint's stored fit settings, with the values it was trained with for settings it predates."""
+    return {**LEGACY_SETTINGS, **(stored or {})}
 
 
 @dataclass

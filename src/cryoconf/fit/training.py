@@ -23,7 +23,7 @@ import torch
 
 from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
-from cryoconf.fit.config import RESUMABLE_CHANGES, FitConfig
+from cryoconf.fit.config import RESUMABLE_CHANGES, FitConfig, stored_settings
 from cryoconf.fit.model import FIT_TERMS, HomogeneousRBF, collective_basis
 from cryoconf.fit.report import displacement_report, match_reference, write_displacements
 from cryoconf.recon.data import ReconParticles
@@ -112,7 +112,7 @@ def fit_structure(config: FitConfig, particles: ReconParticles, start: Structure
         state = None
         if ckpt_path is not None:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            diffs = settings_differences(state.get("config") or {}, config.to_dict(), FitConfig().to_dict(),
+            diffs = settings_differences(stored_settings(state.get("config")), config.to_dict(), FitConfig().to_dict(),
                                          RESUMABLE_CHANGES)
             if diffs:
                 raise InputError(f"--load {ckpt_path}: settings differ from the checkpoint's: " + "; ".join(diffs))

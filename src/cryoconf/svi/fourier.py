@@ -58,7 +58,13 @@ def crop_spectrum(spectrum: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 def fourier_crop(images: torch.Tensor, k: int) -> torch.Tensor:
-    """Fourier-crop real images (…, N, N) to (…, K, K), amplitudes kept (× (K/N)²); K = N returns the input."""
+    """Fourier-crop real images (…, N, N) to (…, K, K), amplitudes kept (× (K/N)²); K = N returns the input.
+
+    Not :func:`cryoconf.imaging.filters.fourier_crop` (the general resampler, which folds the
+    N-grid Nyquist bin onto the K-grid one): this one weights the K-grid Nyquist bins by √2, as
+    :func:`crop_spectrum` does for the model's projections, so that cropped noise stays exactly
+    white with σ·K/N, which the SVI likelihood assumes.
+    """
     n = images.shape[-1]
     _check_crop(n, k)
     if k == n:
