@@ -1,10 +1,16 @@
-"""Throughput of `cryoconf sbi infer`'s network part: embedding + posterior samples per particle.
+"""Throughput of `cryoconf sbi infer`'s network part, two ways.
 
 Builds the model of an SBI config (or loads a trained run with ``--run``) and
-times ``SBIModel.sample`` (normalisation, embedding, flow sampling) on batches
-of particle images at the model's box. Speed depends on the architecture, not
-on the weights, so an untrained model of the same config measures the same.
-Prints one JSON object.
+times on batches of particle images at the model's box:
+
+- ``particles_per_s``: ``SBIModel.sample`` (normalisation, embedding, ``--samples``
+  posterior samples per particle; the cryoSBI procedure and ``--summaries samples``);
+- ``flow_summaries_particles_per_s``: ``SBIModel.summarize`` (normalisation, embedding,
+  every summary ``sbi infer`` writes — mean, std, quantiles, template probabilities —
+  from the flow itself; ``sbi infer``'s default for one parameter).
+
+Speed depends on the architecture, not on the weights, so an untrained model of the
+same config measures the same. Prints one JSON object.
 
     python benchmarks/sbi_throughput.py --config configs/sbi_hsp90_box64.yaml --threads 2
 """
@@ -59,17 +65,23 @@ def main() -> None:
     if not args.no_freeze:
         model.freeze_for_inference()  # as `cryoconf sbi infer` runs it
     images = torch.randn(args.batch, model.box, model.box, generator=torch.Generator().manual_seed(0))
-    model.sample(images[:8], args.samples)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.sample(images, args.samples)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    def best_time(run) -> float:
+        run(images[:8])  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run(images)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    best = best_time(lambda x: model.sample(x, args.samples))
+    summaries = None
+    if len(model.parameter_names) == 1:
+        summaries = best_time(lambda x: model.summarize(x))
     print(json.dumps({
         "particles_per_s": round(args.batch / best, 1),
         **base,
@@ -78,6 +90,8 @@ def main() -> None:
         "embedding": model.spec["embedding"]["name"],
         "frozen_embedding": model.frozen_for_inference,
         "ms_per_particle": round(1e3 * best / args.batch, 3),
+        "flow_summaries_particles_per_s": None if summaries is None else round(args.batch / summaries, 1),
+        "flow_summaries_ms_per_particle": None if summaries is None else round(1e3 * summaries / args.batch, 3),
         "repeats": args.repeats,
         "torch": torch.__version__,
     }))

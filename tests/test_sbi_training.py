@@ -342,6 +342,30 @@ def test_infer_recovers_templates_of_simulated_particles(trained, toy_ensemble, 
         assert (tmp_path / "inf" / name).stat().st_size > 0
 
 
+def test_infer_summaries_from_the_flow_match_sampled_ones(trained, toy_ensemble, tmp_path):
+    """`sbi infer`'s default for one parameter (summaries from the flow) against 20,000 samples."""
+    from cryoconf.cli.main import main
+    from cryoconf.sbi.inference import infer_dataset
+
+    model, _ = _trained_model(trained)
+    parts = tmp_path / "parts"
+    assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "12", "--box", "32", "--apix", "2.0",
+                 "--snr", "1", "--defocus", "10000", "15000", "--no-progress", "--seed", "3"]) == 0
+    star = parts / "particles.star"
+    flow = infer_dataset(model, star, tmp_path / "flow", whiten=False, n_samples=200, progress=False)
+    sampled = infer_dataset(model, star, tmp_path / "samples", whiten=False, n_samples=20_000, summaries="samples",
+                            progress=False)
+    assert "flow" in flow.summary.method and sampled.summary.method == "samples"
+    np.testing.assert_allclose(flow.summary.mean, sampled.summary.mean, atol=0.02)
+    np.testing.assert_allclose(flow.summary.std, sampled.summary.std, atol=0.02)
+    for label in ("Q16", "Q50", "Q84"):
+        np.testing.assert_allclose(flow.summary.quantiles[label], sampled.summary.quantiles[label], atol=0.03)
+    np.testing.assert_allclose(flow.summary.template_probs, sampled.summary.template_probs, atol=0.02)
+    assert str(np.load(tmp_path / "flow" / "posterior.npz")["summary_method"]).startswith("flow")
+    with pytest.raises(InputError, match="summaries"):
+        infer_dataset(model, star, tmp_path / "bad", summaries="exact", progress=False)
+
+
 def test_cli_infer_with_whitening_and_calibrate(trained, toy_ensemble, tmp_path):
     import json
 

@@ -72,6 +72,12 @@ estimated from their background pixels, and normalised as in training. Writes
 OUTDIR/posterior.npz and posterior.csv (mean, median, std, 68 % and 95 %
 intervals, most probable template per particle), particles_sbi.star (the input
 with cryoconf* columns appended), noise_psd.npz and posterior plots.
+
+For a one-parameter posterior (θ alone) the summaries come from the flow itself by
+default (--summaries auto): exact quantiles and template probabilities, mean and
+std by quadrature — faster and more accurate than sampling. --summaries samples
+draws --samples posterior samples per particle instead (the cryoSBI procedure, and
+the only choice when nuisance parameters are inferred too).
 """
 
 
@@ -99,7 +105,11 @@ def _register_infer(sub) -> None:
     p.add_argument("--datadir", default=None, help="folder holding the image stacks")
     p.add_argument("--ind", default=None, help="indices (.npy/.pkl) of the particles to use")
     p.add_argument("--apix", type=float, default=None, help="pixel size of the particles (Å/px), overrides the file")
-    p.add_argument("--samples", type=int, default=20_000, help="posterior samples per particle")
+    p.add_argument("--summaries", choices=("auto", "flow", "samples"), default="auto",
+                   help="summaries from the flow (one parameter: exact quantiles and template probabilities), "
+                   "from samples, or auto: flow for one parameter, samples otherwise")
+    p.add_argument("--samples", type=int, default=20_000,
+                   help="posterior samples per particle for --summaries samples (and for the example plots)")
     p.add_argument("--batch-size", type=int, default=128, help="particles per batch")
     p.add_argument("--no-whiten", action="store_true", help="do not whiten with the data's noise PSD")
     p.add_argument("--mask-radius", type=float, default=None,
@@ -114,7 +124,8 @@ def run_infer(args) -> int:
     model = _load_model(args.run, args.load, args.device)
     result = infer_dataset(model, args.particles, args.outdir, datadir=args.datadir, ind=args.ind, apix=args.apix,
                            n_samples=args.samples, batch_size=args.batch_size, whiten=not args.no_whiten,
-                           mask_radius_A=args.mask_radius, progress=not args.no_progress)
+                           mask_radius_A=args.mask_radius, summaries=args.summaries,
+                           progress=not args.no_progress)
     print(f"posterior of {len(result.indices)} particles written to {args.outdir}")
     return 0
 
@@ -169,7 +180,9 @@ def _register_scan(sub) -> None:
     p.add_argument("--window", type=int, default=None,
                    help="window size (micrograph px; default: the model's box × pixel size)")
     p.add_argument("--stride", type=int, default=16, help="step between windows (micrograph px)")
-    p.add_argument("--samples", type=int, default=500, help="posterior samples per window")
+    p.add_argument("--samples", type=int, default=500,
+                   help="posterior samples per window when the posterior has nuisance parameters too "
+                   "(θ alone: summaries from the flow, no sampling)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_scan)

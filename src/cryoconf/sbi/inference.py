@@ -2,9 +2,17 @@
 
 Particles are read lazily in batches, brought to the model's box and pixel size,
 whitened with a noise PSD estimated from the data's background pixels, and
-normalised exactly as in training (:func:`normalize_for_sbi`). Per batch, the
-model draws posterior samples and only their summaries are kept, so memory does
-not grow with the number of particles or samples.
+normalised exactly as in training (:func:`normalize_for_sbi`). Per batch only the
+summaries are kept, so memory does not grow with the number of particles or samples.
+
+Summaries (``summaries``): ``flow`` computes them from the flow itself — exact
+quantiles and template probabilities, mean and std by quadrature
+(:mod:`cryoconf.sbi.flow_summaries`) — which is faster and more accurate than
+sampling; it needs a one-parameter posterior. ``samples`` draws ``n_samples``
+posterior samples per particle and summarises them (any number of parameters).
+``auto`` (default) is ``flow`` for one parameter and ``samples`` otherwise. The
+example plots always show samples of the first particles (and, for one parameter,
+the posterior density).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from cryoconf.data import load_particles, write_relion31_star
@@ -22,6 +31,8 @@ from cryoconf.errors import InputError
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import normalize_for_sbi
 from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summarize_samples, summary_columns
+
+SUMMARY_MODES = ("auto", "flow", "samples")
 
 log = logging.getLogger("cryoconf.sbi")
 
@@ -48,6 +59,7 @@ def infer_dataset(
     mask_radius_A: float | None = None,
     psd_particles: int = 10_000,
     n_examples: int = 6,
+    summaries: str = "auto",
     progress: bool = True,
 ) -> InferenceResult:
     """Posterior summaries for the particles of ``particles`` (.star/.cs/.mrcs), written to ``outdir``.
@@ -58,6 +70,13 @@ def infer_dataset(
     """
     if n_samples < 1:
         raise InputError(f"--samples must be ≥ 1, got {n_samples}")
+    if summaries not in SUMMARY_MODES:
+        raise InputError(f"--summaries must be one of {', '.join(SUMMARY_MODES)}; got {summaries!r}")
+    one_parameter = len(model.parameter_names) == 1
+    if summaries == "flow" and not one_parameter:
+        raise InputError(f"--summaries flow needs a one-parameter posterior; this model infers "
+                         f"{', '.join(model.parameter_names)} (use --summaries samples)")
+    from_flow = summaries == "flow" or (summaries == "auto" and one_parameter)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     dataset = load_particles(particles, datadir=datadir, ind=ind, apix=apix)
@@ -68,16 +87,24 @@ def infer_dataset(
         psd.save(outdir / "noise_psd.npz")
     templates = np.asarray(model.spec["template_theta"], dtype=np.float64)
     positions = np.arange(len(dataset))
-    parts, rows, examples = [], [], []
+    parts, rows, examples, example_images = [], [], [], []
     bar = tqdm(total=len(positions), unit="particle", desc="sbi infer", disable=not progress)
     for start in range(0, len(positions), batch_size):
         batch = prepare_dataset_batch(dataset, positions[start:start + batch_size], box, apix_model,
                                       noise_psd=psd, mask_radius_A=mask_radius_A, normalize=normalize_for_sbi)
-        samples = model.sample(batch["images"], n_samples)  # (S, b, D)
-        parts.append(summarize_samples(samples, templates if samples.shape[-1] == 1 else None))
+        images = batch["images"]
+        wanted = n_examples - sum(e.shape[1] for e in examples)
+        if from_flow:
+            parts.append(model.summarize(images, templates))
+            samples = model.sample(images[:wanted], n_samples) if wanted > 0 else None
+        else:
+            samples = model.sample(images, n_samples)  # (S, b, D)
+            parts.append(summarize_samples(samples, templates if samples.shape[-1] == 1 else None))
         rows.append(np.asarray(batch["indices"]))
-        if sum(e.shape[1] for e in examples) < n_examples:
-            examples.append(samples[:, : n_examples - sum(e.shape[1] for e in examples)].cpu().numpy())
+        if wanted > 0:
+            examples.append(samples[:, :wanted].cpu().numpy())
+            if one_parameter:
+                example_images.append(images[:wanted])
         bar.update(len(batch["indices"]))
     bar.close()
     summary = PosteriorSummary.concat(parts)
@@ -91,14 +118,34 @@ def infer_dataset(
         write_relion31_star(outdir / "particles_sbi.star", dataset.metadata.subset(indices),
                             extra_columns=summary_columns(summary, names=model.parameter_names))
         outputs["star"] = outdir / "particles_sbi.star"
-    outputs.update(plot_posteriors(example_samples, summary, templates, model.parameter_names, outdir))
-    log.info("posterior for %d particles (%d samples each) written to %s", len(indices), n_samples, outdir)
+    density = None
+    if example_images:  # the exact posterior density of the example particles, on a θ grid
+        grid = np.linspace(model.spec["low"][0], model.spec["high"][0], 400)
+        density = (grid, posterior_density(model, grid, torch.cat(example_images)))
+    outputs.update(plot_posteriors(example_samples, summary, templates, model.parameter_names, outdir, density))
+    how = f"{n_samples} samples each" if not from_flow else "summaries from the flow"
+    log.info("posterior for %d particles (%s) written to %s", len(indices), how, outdir)
     return InferenceResult(summary, indices, example_samples, outputs)
 
 
+@torch.no_grad()
+def posterior_density(model: SBIModel, grid: np.ndarray, images) -> np.ndarray:
+    """q(θ | image) (G, k) of a one-parameter model at θ ``grid`` (G,) for ``images`` (k, box, box)."""
+    theta = torch.as_tensor(grid, dtype=torch.float32)[:, None, None].expand(-1, len(images), 1)
+    was_training = model.training
+    model.eval()  # batch norm with its running statistics (training mode would update them)
+    try:
+        return model.log_prob(theta, images).exp().cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
 def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, templates: np.ndarray,
-                    names: list[str], outdir: Path) -> dict:
-    """Histograms of the example particles' posteriors and of all posterior means (θ, the first parameter)."""
+                    names: list[str], outdir: Path, density=None) -> dict:
+    """Histograms of the example particles' posteriors and of all posterior means (θ, the first parameter).
+
+    ``density``: optional (grid (G,), q (G, k)) exact posterior densities drawn over the histograms.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +163,9 @@ def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, temp
     for i in range(k):
         ax = axes.ravel()[i]
         ax.axis("on")
-        ax.hist(example_samples[:, i, 0], bins=bins, density=True, color="#4477aa")
+        ax.hist(example_samples[:, i, 0], bins=bins, density=True, color="#4477aa", label="samples")
+        if density is not None:
+            ax.plot(density[0], density[1][:, i], color="#cc3311", lw=1, label="density")
         ax.axvline(summary.mean[i, 0], color="k", lw=1, label="mean")
         lo68, hi68 = summary.interval(0.68)
         ax.axvspan(lo68[i, 0], hi68[i, 0], color="#4477aa", alpha=0.15, label="68 %")

@@ -1,7 +1,8 @@
 """The trained object of ``cryoconf sbi``: embedding + bounded flow + what preprocessing needs.
 
 ``SBIModel`` takes raw images (B, box, box), applies :func:`normalize_for_sbi`, embeds
-them and conditions the flow on the features. Checkpoints (``save``/``load``) hold the
+them and conditions the flow on the features (``log_prob``, ``sample``, and for one
+parameter ``summarize``: summaries from the flow without sampling). Checkpoints (``save``/``load``) hold the
 model's specification (enough to rebuild it without the template files), its weights,
 and optionally the full training config, optimiser state, step and RNG states.
 """
@@ -18,8 +19,10 @@ from torch import nn
 
 from cryoconf.errors import InputError
 from cryoconf.sbi.embeddings import build_embedding
+from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
 from cryoconf.sbi.posterior import BoundedFlow
 from cryoconf.sbi.simulator import normalize_for_sbi
+from cryoconf.sbi.summaries import PosteriorSummary
 
 __all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
 
@@ -192,6 +195,27 @@ class SBIModel(nn.Module):
                 ctx = self.embed(images[s:s + chunk])
                 out.append(self.posterior.sample(n, ctx))
             return torch.cat(out, dim=1)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def summarize(self, images, templates=None, *, nodes: int = DEFAULT_NODES,
+                  batch_size: int = 4096) -> PosteriorSummary:
+        """Posterior summaries of a one-parameter model per image, from the flow itself (no sampling).
+
+        Exact quantiles and template probabilities, mean and std by quadrature
+        (:func:`~cryoconf.sbi.flow_summaries.summarize_flow`). ``templates`` default to the
+        model's template θ. Runs in eval mode, ``batch_size`` images at a time.
+        """
+        images = self._check_images(images)
+        if templates is None:
+            templates = self.spec["template_theta"]
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [summarize_flow(self.posterior, self.embed(images[s:s + batch_size]), templates, nodes=nodes)
+                     for s in range(0, images.shape[0], batch_size)]
+            return PosteriorSummary.concat(parts)
         finally:
             self.train(was_training)
 

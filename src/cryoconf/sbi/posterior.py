@@ -11,6 +11,14 @@ prior range, and
     log q(θ | x) = log q_z(z | x) − Σ_i [log(b_i − a_i) + log φ(z_i)],   φ = Φ′,
 
 is a proper density on the box ∏(a_i, b_i) (the Jacobian of the probit map).
+
+For one parameter (D = 1) every map in the chain is increasing (the probit, zuko's
+monotonic splines, Φ), so the flow also gives the posterior's CDF and quantile
+function in closed form: with f the flow's normalising map (z → base N(0, 1)),
+
+    F(θ | x) = Φ(f(Φ⁻¹(u))),   Q(p | x) = a + (b − a)·Φ(f⁻¹(Φ⁻¹(p))),   u = (θ − a)/(b − a)
+
+(:meth:`BoundedFlow.cdf`, :meth:`BoundedFlow.quantile`); sampling is Q at uniform p.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import zuko
 from torch import nn
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.spline_sampling import fast_flow_sample
+from cryoconf.sbi.spline_sampling import fast_flow_forward, fast_flow_quantiles, fast_flow_sample
 
 __all__ = ["BoundedFlow"]
 
@@ -83,3 +91,59 @@ class BoundedFlow(nn.Module):
         if z is None:
             z = dist.sample((n,))
         return self.to_bounded(z)
+
+    def _one_parameter(self, what: str) -> None:
+        if self.features != 1:
+            raise InputError(f"BoundedFlow.{what} is defined for a one-parameter posterior; this one has "
+                             f"{self.features} parameters (use samples and their marginal summaries)")
+
+    @staticmethod
+    def _base_loc_scale(dist, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (B,) of the flow's one-feature normal base (zuko: 0 and 1)."""
+        b = context.shape[0] if context.dim() == 2 else 1
+        loc = dist.base.mean.reshape(-1, 1)[..., 0].to(context.dtype)
+        scale = dist.base.stddev.reshape(-1, 1)[..., 0].to(context.dtype)
+        return loc.expand(b) if loc.numel() == 1 else loc, scale.expand(b) if scale.numel() == 1 else scale
+
+    def cdf(self, theta: torch.Tensor, context: torch.Tensor, *, dist=None) -> torch.Tensor:
+        """Posterior CDF F(θ | context) for D = 1: θ (…, B) with context (B, C) → (…, B), in [0, 1].
+
+        F = 0 at and below the lower bound a, 1 at and above b. ``dist``: ``self.flow(context)``
+        when the caller already has it (the conditioning network then runs once).
+        """
+        self._one_parameter("cdf")
+        dist = self.flow(context) if dist is None else dist
+        theta = torch.as_tensor(theta, device=context.device)
+        z, _ = self.to_unbounded(theta.to(self.low.dtype)[..., None])
+        y = None
+        if z.dim() == 3 and context.dim() == 2:
+            y = fast_flow_forward(dist, z[..., 0].T.contiguous(), int(context.shape[0]))  # (B, n)
+            y = None if y is None else y.T
+        if y is None:
+            y = dist.transform(z)[..., 0]
+        loc, scale = self._base_loc_scale(dist, context)
+        f = torch.special.ndtr((y.double() - loc.double()) / scale.double())
+        t = theta.double()
+        f = torch.where(t <= self.low.double(), torch.zeros_like(f), f)
+        return torch.where(t >= self.high.double(), torch.ones_like(f), f)
+
+    def quantile(self, levels, context: torch.Tensor, *, dist=None) -> torch.Tensor:
+        """Posterior quantiles Q(p | context) for D = 1: ``levels`` (L,) in (0, 1) → (L, B), inside [a, b].
+
+        Exact (no sampling): the inverse flow at the base's quantiles Φ⁻¹(p). The spline
+        inverses run per particle row as in :meth:`sample` (``fast_flow_quantiles``).
+        ``dist`` as in :meth:`cdf`.
+        """
+        self._one_parameter("quantile")
+        p = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
+        if p.numel() < 1 or bool(((p <= 0) | (p >= 1)).any()):
+            raise InputError(f"quantile levels must lie strictly inside (0, 1); got {p.tolist()}")
+        dist = self.flow(context) if dist is None else dist
+        loc, scale = self._base_loc_scale(dist, context)                     # (B,) each
+        y = loc[:, None] + scale[:, None] * torch.special.ndtri(p).to(loc)  # the base's quantiles (B, L)
+        z = None
+        if context.dim() == 2:
+            z = fast_flow_quantiles(dist, y, int(context.shape[0]))  # (B, L)
+        if z is None:
+            z = dist.transform.inv(y.T[..., None])[..., 0].T
+        return self.to_bounded(z).T.contiguous()

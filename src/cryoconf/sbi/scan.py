@@ -60,7 +60,11 @@ def read_micrograph(path, apix: float | None = None) -> tuple[np.ndarray, float]
 def scan_micrograph(model: SBIModel, micrograph: np.ndarray, apix_A: float, *, stride: int = 16,
                     window_px: int | None = None, n_samples: int = 500, batch_size: int = 256,
                     psd_windows: int = 512, progress: bool = True) -> ScanResult:
-    """Posterior mean and width of θ for windows of ``micrograph`` (H, W) at ``apix_A`` Å/px."""
+    """Posterior mean and width of θ for windows of ``micrograph`` (H, W) at ``apix_A`` Å/px.
+
+    For a one-parameter model both come from the flow itself (no sampling); with nuisance
+    parameters in the posterior, from ``n_samples`` samples per window.
+    """
     box, apix_model = model.box, model.spec["apix_A"]
     window = window_px or int(round(box * apix_model / apix_A))
     if window < 8 or window > min(micrograph.shape):
@@ -79,9 +83,14 @@ def scan_micrograph(model: SBIModel, micrograph: np.ndarray, apix_A: float, *, s
     bar = tqdm(unit="window", desc="sbi scan", disable=not progress)
     for windows, centre in iter_windows(mic, window, stride, batch_size):
         x = prepare_particles(windows, apix_A, box, apix_model, noise_psd=psd, normalize=normalize_for_sbi)
-        theta = model.sample(x, n_samples)[..., 0].double()  # (S, k)
-        means.append(theta.mean(0))
-        stds.append(theta.std(0))
+        if len(model.parameter_names) == 1:  # exact summaries from the flow (cryoconf.sbi.flow_summaries)
+            summary = model.summarize(x)
+            means.append(torch.as_tensor(summary.mean[:, 0]))
+            stds.append(torch.as_tensor(summary.std[:, 0]))
+        else:
+            theta = model.sample(x, n_samples)[..., 0].double()  # (S, k)
+            means.append(theta.mean(0))
+            stds.append(theta.std(0))
         centres.append(centre)
         bar.update(len(centre))
     bar.close()

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fast_flow_sample", "rqs_compose_inverse", "rqs_inverse"]
+__all__ = ["fast_flow_forward", "fast_flow_quantiles", "fast_flow_sample", "rqs_compose_forward",
+           "rqs_compose_inverse", "rqs_forward", "rqs_inverse"]
 
 
 _COMPARE_MAX_KNOTS = 32  # up to this many knots, count them by comparisons; beyond, binary search
@@ -124,6 +125,38 @@ def rqs_inverse(y: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tenso
     if vertical.shape[-1] > MAX_KNOTS:
         raise ValueError(f"at most {MAX_KNOTS} knots, got {vertical.shape[-1]}")
     return _invert_bins(y, vertical, _bin_tables(horizontal, vertical, derivatives), method)
+
+
+def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor,
+                derivatives: torch.Tensor) -> torch.Tensor:
+    """The spline itself (the normalising direction), per row: x (B, n), knots (B, K + 1) → y (B, n).
+
+    Bin k holds x in (x_k, x_{k+1}] (zuko's count of knots strictly below x, minus one);
+    y = y_k + h [s ξ² + d_k ξ(1 − ξ)] / [s + δ ξ(1 − ξ)] (module docstring), and the
+    identity outside (horizontal[:, 0], horizontal[:, K]]. zuko's formulas in zuko's order.
+    """
+    knots = horizontal.shape[-1]
+    if knots > MAX_KNOTS:
+        raise ValueError(f"at most {MAX_KNOTS} knots, got {knots}")
+    bins = knots - 1
+    k = _bin_counts(x, horizontal.contiguous()) - 1
+    inside = k < bins
+    k = k.clamp_(max=bins - 1).long()
+    x0, x1 = horizontal[..., :-1].gather(-1, k), horizontal[..., 1:].gather(-1, k)
+    y0, y1 = vertical[..., :-1].gather(-1, k), vertical[..., 1:].gather(-1, k)
+    d0, d1 = derivatives[..., :-1].gather(-1, k), derivatives[..., 1:].gather(-1, k)
+    s = (y1 - y0) / (x1 - x0)
+    z = (x - x0) / (x1 - x0)
+    y = y0 + (y1 - y0) * (s * z**2 + d0 * z * (1 - z)) / (s + (d0 + d1 - 2 * s) * z * (1 - z))
+    return torch.where(inside, y, x)
+
+
+def rqs_compose_forward(x: torch.Tensor, knots) -> torch.Tensor:
+    """f_L ∘ … ∘ f_1 (x) for per-row splines ``knots`` [(horizontal, vertical, derivatives)] of
+    f_1 … f_L, each (B, K + 1); x (B, n)."""
+    for h, v, d in knots:
+        x = rqs_forward(x, h, v, d)
+    return x
 
 
 def rqs_compose_inverse(y: torch.Tensor, knots, *, chunk_elements: int = 1 << 16) -> torch.Tensor:
@@ -243,3 +276,30 @@ def fast_flow_sample(flow_dist, n: int, batch: int) -> torch.Tensor | None:
             return y.T.contiguous().unsqueeze(-1)                     # (n, B, 1)
         except Exception:  # noqa: BLE001 - never fail where zuko would not: same base draw, zuko's inverse
             return flow_dist.transform.inv(z)
+
+
+def fast_flow_quantiles(flow_dist, base_points: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """The inverse flow of particle b at row b of ``base_points`` (B, L) (points of the base) → (B, L).
+
+    zuko's ``flow_dist.transform.inv`` for a one-feature spline flow, computed per particle
+    row (e.g. at the base's quantiles); None when the flow is not of the supported form
+    (use zuko's then).
+    """
+    knots = _spline_knots(flow_dist, batch)
+    if knots is None or not _zuko_semantics_ok() or base_points.dim() != 2 or base_points.shape[0] != batch:
+        return None
+    with torch.no_grad():
+        return rqs_compose_inverse(base_points.to(knots[0][0].dtype), knots)
+
+
+def fast_flow_forward(flow_dist, z: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """The flow's normalising map for particle b at row b of ``z`` (B, n) → (B, n), or None.
+
+    zuko's ``flow_dist.transform(z.T[..., None])`` for a one-feature spline flow, computed
+    per particle row; None when the flow is not of the supported form (use zuko's then).
+    """
+    knots = _spline_knots(flow_dist, batch)
+    if knots is None or not _zuko_semantics_ok() or z.dim() != 2 or z.shape[0] != batch:
+        return None
+    with torch.no_grad():
+        return rqs_compose_forward(z.to(knots[0][0].dtype), knots)

@@ -136,7 +136,9 @@ class PosteriorSummary:
     95 % one [Q2p5, Q97p5]. With templates: ``template_probs`` (B, M),
     ``template_index`` (B,) (the most probable template, 0-based index into the
     templates as given), ``template_theta`` (B, D) its θ and ``template_prob``
-    (B,) its probability.
+    (B,) its probability. ``n_samples`` is the number of samples per particle the
+    summaries come from (0 when computed from the flow itself,
+    :mod:`cryoconf.sbi.flow_summaries`); ``method`` says which.
     """
 
     mean: np.ndarray
@@ -148,6 +150,7 @@ class PosteriorSummary:
     template_theta: np.ndarray | None = None
     template_prob: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    method: str = "samples"
 
     @property
     def median(self) -> np.ndarray:
@@ -175,7 +178,7 @@ class PosteriorSummary:
             mean=cat("mean"), std=cat("std"),
             quantiles={k: np.concatenate([p.quantiles[k] for p in parts]) for k in parts[0].quantiles},
             n_samples=parts[0].n_samples, template_probs=cat("template_probs"), template_index=cat("template_index"),
-            template_theta=cat("template_theta"), template_prob=cat("template_prob"))
+            template_theta=cat("template_theta"), template_prob=cat("template_prob"), method=parts[0].method)
 
 
 def summarize_samples(samples, templates=None, *, edges=None, chunk: int = 4096) -> PosteriorSummary:
@@ -274,6 +277,7 @@ def save_summaries(path, summary: PosteriorSummary, index=None, **column_kwargs)
     if suffix == ".npz":
         arrays = {k: np.asarray(v) for k, v in cols.items()}
         arrays["n_samples"] = np.asarray(summary.n_samples)
+        arrays["summary_method"] = np.asarray(summary.method)
         if summary.template_probs is not None:
             arrays["template_probs"] = summary.template_probs
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
