@@ -40,32 +40,26 @@ BASE_RANGE = 7.0      # the quadrature nodes cover y ∈ [−7, 7] of the N(0, 1
 DEFAULT_NODES = 128   # base points of the mean/std quadrature
 
 
-def _quantile_curve(flow: BoundedFlow, context: torch.Tensor, dist, theta_base: torch.Tensor,
-                    theta_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantile_curve(p_base: torch.Tensor, theta_base: torch.Tensor, theta_grid: torch.Tensor,
+                    p_grid: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Points (p, θ) of each particle's quantile function, sorted by p: (n, B) each, p from 0 to 1.
 
-    ``theta_base`` (nb, B): θ = Q(Φ(y_j)) at the equally spaced base points y_j (dense where
-    the posterior has its mass, so narrow peaks are resolved); plus ``theta_nodes`` points
-    equally spaced in θ with p = F(θ) (so a gap between modes, where Q jumps, is pinned
-    down: its θ points share one p); plus (0, a) and (1, b).
+    ``theta_base`` (nb, B): θ = Q(p_base) at the base points' probabilities ``p_base`` (nb,)
+    (equally spaced base points are dense where the posterior has its mass, so narrow peaks
+    are resolved); ``theta_grid`` (ng,) equally spaced over the prior range with their CDF
+    ``p_grid`` (ng, B) (they pin down a gap between modes, where Q jumps: its θ points share
+    one p); plus (0, a) and (1, b).
     """
-    nb, b = theta_base.shape
-    dev = theta_base.device
-    low, high = float(flow.low[0]), float(flow.high[0])
-    p_base = torch.special.ndtr(torch.linspace(-BASE_RANGE, BASE_RANGE, nb, dtype=torch.float64, device=dev))
-    theta_grid = low + (high - low) * (torch.arange(theta_nodes, dtype=torch.float64, device=dev) + 0.5) / theta_nodes
-    theta_grid = theta_grid[:, None].expand(-1, b)
-    p_grid = flow.cdf(theta_grid, context, dist=dist).double()
-    zeros, ones = torch.zeros(1, b, dtype=torch.float64, device=dev), torch.ones(1, b, dtype=torch.float64, device=dev)
-    p = torch.cat([zeros, p_base[:, None].expand(-1, b), p_grid, ones])
-    theta = torch.cat([zeros + low, theta_base, theta_grid, ones * 0 + high])
+    b = theta_base.shape[1]
+    zeros = torch.zeros(1, b, dtype=torch.float64, device=theta_base.device)
+    p = torch.cat([zeros, p_base[:, None].expand(-1, b), p_grid, zeros + 1])
+    theta = torch.cat([zeros + low, theta_base, theta_grid[:, None].expand(-1, b), zeros + high])
     p, order = torch.sort(p, dim=0)
     return p, theta.gather(0, order)
 
 
-def _cell_probabilities(flow: BoundedFlow, context: torch.Tensor, dist, templates: torch.Tensor,
-                        edges=None) -> torch.Tensor:
-    """(B, M) posterior mass of each template's cell: differences of the exact CDF at the inner edges."""
+def _inner_edges(templates: torch.Tensor, edges=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The M − 1 inner cell edges in increasing θ and the templates' increasing-θ order (M,)."""
     t = templates[:, 0]
     m = t.numel()
     order = torch.argsort(t, stable=True)
@@ -73,18 +67,19 @@ def _cell_probabilities(flow: BoundedFlow, context: torch.Tensor, dist, template
         e = torch.as_tensor(np.array(edges, dtype=np.float64)).reshape(-1)
         if e.numel() != m + 1 or not bool((e[1:] > e[:-1]).all()):
             raise InputError(f"template cell edges must be {m + 1} increasing values (M + 1 for M templates)")
-        inner = e[1:-1]
-    else:
-        ts = t[order]
-        inner = 0.5 * (ts[1:] + ts[:-1])
-    b = context.shape[0]
-    cdf = torch.ones(m + 1, b, dtype=torch.float64, device=context.device)
-    cdf[0] = 0.0
-    if m > 1:
-        cdf[1:-1] = flow.cdf(inner.to(context.device)[:, None].expand(-1, b), context, dist=dist)
+        return e[1:-1], order
+    ts = t[order]
+    return 0.5 * (ts[1:] + ts[:-1]), order
+
+
+def _cell_probabilities(cdf_inner: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, M) posterior mass of each template's cell from the CDF (M − 1, B) at the inner edges."""
+    b = cdf_inner.shape[1]
+    zeros = torch.zeros(1, b, dtype=torch.float64, device=cdf_inner.device)
+    cdf = torch.cat([zeros, cdf_inner.double(), zeros + 1])
     probs_sorted = (cdf[1:] - cdf[:-1]).clamp_min(0.0).T  # (B, M) in increasing-θ order
     probs = torch.empty_like(probs_sorted)
-    probs[:, order.to(context.device)] = probs_sorted
+    probs[:, order.to(cdf_inner.device)] = probs_sorted
     return probs
 
 
@@ -104,23 +99,35 @@ def summarize_flow(flow: BoundedFlow, context: torch.Tensor, templates=None, *, 
                          "(use --summaries samples)")
     if nodes < 16:
         raise InputError(f"the mean/std quadrature needs at least 16 nodes, got {nodes}")
-    y = torch.linspace(-BASE_RANGE, BASE_RANGE, int(nodes), dtype=torch.float64)
+    dev = context.device
+    b = context.shape[0]
+    p_base = torch.special.ndtr(torch.linspace(-BASE_RANGE, BASE_RANGE, int(nodes), dtype=torch.float64))
     levels = torch.tensor([lev for _, lev in QUANTILES], dtype=torch.float64)
+    low, high = float(flow.low[0]), float(flow.high[0])
+    n_grid = max(8, nodes // 2)
+    theta_grid = low + (high - low) * (torch.arange(n_grid, dtype=torch.float64) + 0.5) / n_grid
+    t = inner = order = None
+    if templates is not None:
+        t = _as_templates(templates, 1)
+        inner, order = _inner_edges(t, edges)
+
     dist = flow.flow(context)                                   # the conditioning network, once
-    q = flow.quantile(torch.cat([torch.special.ndtr(y), levels]), context, dist=dist).double()  # (nodes + 5, B)
-    p, theta = _quantile_curve(flow, context, dist, q[:nodes], max(8, nodes // 2))
+    q = flow.quantile(torch.cat([p_base, levels]), context, dist=dist).double()  # (nodes + 5, B)
+    at = torch.cat([theta_grid, inner]) if inner is not None else theta_grid   # one CDF call for both
+    cdf = flow.cdf(at.to(dev)[:, None].expand(-1, b), context, dist=dist).double()
+
+    p, theta = _quantile_curve(p_base.to(dev), q[:nodes], theta_grid.to(dev), cdf[:n_grid], low, high)
     dp = p[1:] - p[:-1]                                         # E g(θ) = ∫ g(Q(p)) dp, trapezoid in p
     mean = (dp * (theta[1:] + theta[:-1])).sum(0) / 2
-    dev = theta - mean
-    std = ((dp * (dev[1:] ** 2 + dev[:-1] ** 2)).sum(0) / 2).sqrt()
+    centred = theta - mean
+    std = ((dp * (centred[1:] ** 2 + centred[:-1] ** 2)).sum(0) / 2).sqrt()
     mean, std, quant = mean.cpu(), std.cpu(), q[nodes:].cpu()
     out = PosteriorSummary(
         mean=mean[:, None].numpy(), std=std[:, None].numpy(),
         quantiles={label: quant[k][:, None].numpy() for k, (label, _) in enumerate(QUANTILES)},
         n_samples=0, method=f"flow: exact quantiles and cell masses, mean/std by {nodes}-node quadrature")
-    if templates is not None:
-        t = _as_templates(templates, 1)
-        probs = _cell_probabilities(flow, context, dist, t, edges).cpu().numpy()
+    if t is not None:
+        probs = _cell_probabilities(cdf[n_grid:], order).cpu().numpy()
         idx = probs.argmax(axis=1)
         out.template_probs = probs
         out.template_index = idx

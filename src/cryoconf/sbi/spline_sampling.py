@@ -139,15 +139,17 @@ def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tenso
     if knots > MAX_KNOTS:
         raise ValueError(f"at most {MAX_KNOTS} knots, got {knots}")
     bins = knots - 1
-    k = _bin_counts(x, horizontal.contiguous()) - 1
+    k = _bin_counts(x, horizontal.contiguous()) - 1  # (B, n) bin index, uint8: −1 wraps to 255
     inside = k < bins
     k = k.clamp_(max=bins - 1).long()
-    x0, x1 = horizontal[..., :-1].gather(-1, k), horizontal[..., 1:].gather(-1, k)
-    y0, y1 = vertical[..., :-1].gather(-1, k), vertical[..., 1:].gather(-1, k)
-    d0, d1 = derivatives[..., :-1].gather(-1, k), derivatives[..., 1:].gather(-1, k)
-    s = (y1 - y0) / (x1 - x0)
-    z = (x - x0) / (x1 - x0)
-    y = y0 + (y1 - y0) * (s * z**2 + d0 * z * (1 - z)) / (s + (d0 + d1 - 2 * s) * z * (1 - z))
+    x0, x1 = horizontal[..., :-1], horizontal[..., 1:]
+    y0, y1 = vertical[..., :-1], vertical[..., 1:]
+    d0, d1 = derivatives[..., :-1], derivatives[..., 1:]
+    tables = torch.stack((x0, x1 - x0, y0, y1 - y0, (y1 - y0) / (x1 - x0), d0, d1))  # per bin (7, B, K)
+    x0, width, y0, height, s, d0, d1 = tables.gather(-1, k.expand(7, -1, -1)).unbind(0)
+    z = (x - x0) / width
+    zz = z * (1 - z)
+    y = y0 + height * (s * z**2 + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
     return torch.where(inside, y, x)
 
 
