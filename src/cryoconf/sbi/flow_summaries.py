@@ -16,7 +16,7 @@ quantile function, and F(θ) = Φ(f(Φ⁻¹(u))) its CDF. So every summary that
   modes, where Q jumps and base points alone would misplace the mass). With the
   default 128 nodes, mean and std agree with a 400,000-point quantile grid to
   0.0007 Å and 0.002 Å on the Hsp90 model (box 64) at SNR 0.5, 0.1 and 0.01, and to
-  0.002 Å on random, strongly multimodal flows. Sampling reaches that only with ~10⁷
+  0.002 Å on random, strongly multimodal flows. Sampling needs millions of
   samples: the Monte Carlo error of a mean is std/√S (0.05 Å for S = 1,000 and a
   std of 1.6 Å).
 
