@@ -30,9 +30,7 @@ from cryoconf.data.preprocess import estimate_dataset_psd, prepare_dataset_batch
 from cryoconf.errors import InputError
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import normalize_for_sbi
-from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summarize_samples, summary_columns
-
-SUMMARY_MODES = ("auto", "flow", "samples")
+from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summary_columns
 
 log = logging.getLogger("cryoconf.sbi")
 
@@ -70,13 +68,8 @@ def infer_dataset(
     """
     if n_samples < 1:
         raise InputError(f"--samples must be ≥ 1, got {n_samples}")
-    if summaries not in SUMMARY_MODES:
-        raise InputError(f"--summaries must be one of {', '.join(SUMMARY_MODES)}; got {summaries!r}")
     one_parameter = len(model.parameter_names) == 1
-    if summaries == "flow" and not one_parameter:
-        raise InputError(f"--summaries flow needs a one-parameter posterior; this model infers "
-                         f"{', '.join(model.parameter_names)} (use --summaries samples)")
-    from_flow = summaries == "flow" or (summaries == "auto" and one_parameter)
+    from_flow = model.summary_method(summaries) == "flow"  # (a bad choice fails here, before any reading)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     dataset = load_particles(particles, datadir=datadir, ind=ind, apix=apix)
@@ -94,15 +87,10 @@ def infer_dataset(
                                       noise_psd=psd, mask_radius_A=mask_radius_A, normalize=normalize_for_sbi)
         images = batch["images"]
         wanted = n_examples - sum(e.shape[1] for e in examples)
-        if from_flow:
-            parts.append(model.summarize(images, templates))
-            samples = model.sample(images[:wanted], n_samples) if wanted > 0 else None
-        else:
-            samples = model.sample(images, n_samples)  # (S, b, D)
-            parts.append(summarize_samples(samples, templates if samples.shape[-1] == 1 else None))
+        parts.append(model.summarize(images, method=summaries, n_samples=n_samples))
         rows.append(np.asarray(batch["indices"]))
-        if wanted > 0:
-            examples.append(samples[:, :wanted].cpu().numpy())
+        if wanted > 0:  # samples of the first particles for the plots
+            examples.append(model.sample(images[:wanted], n_samples).cpu().numpy())
             if one_parameter:
                 example_images.append(images[:wanted])
         bar.update(len(batch["indices"]))

@@ -22,11 +22,12 @@ from cryoconf.sbi.embeddings import build_embedding
 from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
 from cryoconf.sbi.posterior import BoundedFlow
 from cryoconf.sbi.simulator import normalize_for_sbi
-from cryoconf.sbi.summaries import PosteriorSummary
+from cryoconf.sbi.summaries import PosteriorSummary, summarize_samples
 
 __all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "cryoconf-sbi/1"
+SUMMARY_METHODS = ("auto", "flow", "samples")  # SBIModel.summarize, `sbi infer --summaries`
 
 log = logging.getLogger("cryoconf.sbi")
 
@@ -198,18 +199,35 @@ class SBIModel(nn.Module):
         finally:
             self.train(was_training)
 
-    @torch.no_grad()
-    def summarize(self, images, templates=None, *, nodes: int = DEFAULT_NODES,
-                  batch_size: int = 4096) -> PosteriorSummary:
-        """Posterior summaries of a one-parameter model per image, from the flow itself (no sampling).
+    def summary_method(self, method: str = "auto") -> str:
+        """What :meth:`summarize` does for ``method``: ``flow`` or ``samples`` (errors for a bad one)."""
+        if method not in SUMMARY_METHODS:
+            raise InputError(f"--summaries must be one of {', '.join(SUMMARY_METHODS)}; got {method!r}")
+        one_parameter = len(self.parameter_names) == 1
+        if method == "flow" and not one_parameter:
+            raise InputError(f"--summaries flow needs a one-parameter posterior; this model infers "
+                             f"{', '.join(self.parameter_names)} (use --summaries samples)")
+        return "flow" if one_parameter and method != "samples" else "samples"
 
-        Exact quantiles and template probabilities, mean and std by quadrature
-        (:func:`~cryoconf.sbi.flow_summaries.summarize_flow`). ``templates`` default to the
-        model's template θ. Runs in eval mode, ``batch_size`` images at a time.
+    @torch.no_grad()
+    def summarize(self, images, templates=None, *, method: str = "auto", n_samples: int = 20_000,
+                  nodes: int = DEFAULT_NODES, batch_size: int = 4096) -> PosteriorSummary:
+        """Posterior summaries per image: mean, std, quantiles and (θ alone) template probabilities.
+
+        ``method``: ``flow`` computes them from the flow itself, without sampling (one
+        parameter only: exact quantiles and template probabilities, mean and std by
+        quadrature, :func:`~cryoconf.sbi.flow_summaries.summarize_flow`); ``samples`` from
+        ``n_samples`` posterior samples per image (any number of parameters); ``auto`` is
+        ``flow`` for one parameter and ``samples`` otherwise. ``templates`` (for one
+        parameter) default to the model's template θ. Runs in eval mode, ``batch_size``
+        images at a time (``samples``: as :meth:`sample` chunks them).
         """
+        one_parameter = len(self.parameter_names) == 1
         images = self._check_images(images)
-        if templates is None:
+        if templates is None and one_parameter:
             templates = self.spec["template_theta"]
+        if self.summary_method(method) == "samples":
+            return summarize_samples(self.sample(images, n_samples), templates if one_parameter else None)
         was_training = self.training
         self.eval()
         try:

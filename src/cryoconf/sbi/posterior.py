@@ -30,7 +30,7 @@ import zuko
 from torch import nn
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.spline_sampling import fast_flow_forward, fast_flow_quantiles, fast_flow_sample
+from cryoconf.sbi.spline_sampling import fast_flow_sample, row_splines, rqs_compose_forward, rqs_compose_inverse
 
 __all__ = ["BoundedFlow"]
 
@@ -115,11 +115,11 @@ class BoundedFlow(nn.Module):
         dist = self.flow(context) if dist is None else dist
         theta = torch.as_tensor(theta, device=context.device)
         z, _ = self.to_unbounded(theta.to(self.low.dtype)[..., None])
-        y = None
-        if z.dim() == 3 and context.dim() == 2:
-            y = fast_flow_forward(dist, z[..., 0].T.contiguous(), int(context.shape[0]))  # (B, n)
-            y = None if y is None else y.T
-        if y is None:
+        knots = row_splines(dist, context.shape[0]) if z.dim() == 3 and context.dim() == 2 else None
+        if knots is not None:  # the splines per particle row (cryoconf.sbi.spline_sampling)
+            with torch.no_grad():  # summaries, not a training loss: no gradients through this path
+                y = rqs_compose_forward(z[..., 0].T.contiguous().to(knots[0][0].dtype), knots).T
+        else:
             y = dist.transform(z)[..., 0]
         loc, scale = self._base_loc_scale(dist, context)
         f = torch.special.ndtr((y.double() - loc.double()) / scale.double())
@@ -131,7 +131,7 @@ class BoundedFlow(nn.Module):
         """Posterior quantiles Q(p | context) for D = 1: ``levels`` (L,) in (0, 1) → (L, B), inside [a, b].
 
         Exact (no sampling): the inverse flow at the base's quantiles Φ⁻¹(p). The spline
-        inverses run per particle row as in :meth:`sample` (``fast_flow_quantiles``).
+        inverses run per particle row as in :meth:`sample` (``spline_sampling.row_splines``).
         ``dist`` as in :meth:`cdf`.
         """
         self._one_parameter("quantile")
@@ -141,9 +141,10 @@ class BoundedFlow(nn.Module):
         dist = self.flow(context) if dist is None else dist
         loc, scale = self._base_loc_scale(dist, context)                     # (B,) each
         y = loc[:, None] + scale[:, None] * torch.special.ndtri(p).to(loc)  # the base's quantiles (B, L)
-        z = None
-        if context.dim() == 2:
-            z = fast_flow_quantiles(dist, y, int(context.shape[0]))  # (B, L)
-        if z is None:
+        knots = row_splines(dist, context.shape[0]) if context.dim() == 2 else None
+        if knots is not None:  # the spline inverses per particle row, as in sample()
+            with torch.no_grad():  # in-place arithmetic, as in sample()
+                z = rqs_compose_inverse(y.to(knots[0][0].dtype), knots)  # (B, L)
+        else:
             z = dist.transform.inv(y.T[..., None])[..., 0].T
         return self.to_bounded(z).T.contiguous()

@@ -83,14 +83,9 @@ def scan_micrograph(model: SBIModel, micrograph: np.ndarray, apix_A: float, *, s
     bar = tqdm(unit="window", desc="sbi scan", disable=not progress)
     for windows, centre in iter_windows(mic, window, stride, batch_size):
         x = prepare_particles(windows, apix_A, box, apix_model, noise_psd=psd, normalize=normalize_for_sbi)
-        if len(model.parameter_names) == 1:  # exact summaries from the flow (cryoconf.sbi.flow_summaries)
-            summary = model.summarize(x)
-            means.append(torch.as_tensor(summary.mean[:, 0]))
-            stds.append(torch.as_tensor(summary.std[:, 0]))
-        else:
-            theta = model.sample(x, n_samples)[..., 0].double()  # (S, k)
-            means.append(theta.mean(0))
-            stds.append(theta.std(0))
+        summary = model.summarize(x, n_samples=n_samples)  # θ alone: from the flow, no sampling
+        means.append(torch.as_tensor(summary.mean[:, 0]))
+        stds.append(torch.as_tensor(summary.std[:, 0]))
         centres.append(centre)
         bar.update(len(centre))
     bar.close()

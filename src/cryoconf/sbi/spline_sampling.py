@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fast_flow_forward", "fast_flow_quantiles", "fast_flow_sample", "rqs_compose_forward",
-           "rqs_compose_inverse", "rqs_forward", "rqs_inverse"]
+__all__ = ["fast_flow_sample", "row_splines", "rqs_compose_forward", "rqs_compose_inverse", "rqs_forward",
+           "rqs_inverse"]
 
 
 _COMPARE_MAX_KNOTS = 32  # up to this many knots, count them by comparisons; beyond, binary search
@@ -264,8 +264,8 @@ def fast_flow_sample(flow_dist, n: int, batch: int) -> torch.Tensor | None:
     base = getattr(flow_dist, "base", None)
     if base is None or not hasattr(base, "rsample"):
         return None
-    knots = _spline_knots(flow_dist, batch)
-    if knots is None or not _zuko_semantics_ok():
+    knots = row_splines(flow_dist, batch)
+    if knots is None:
         return None
     shape = torch.Size((n,))
     with torch.no_grad():
@@ -280,28 +280,9 @@ def fast_flow_sample(flow_dist, n: int, batch: int) -> torch.Tensor | None:
             return flow_dist.transform.inv(z)
 
 
-def fast_flow_quantiles(flow_dist, base_points: torch.Tensor, batch: int) -> torch.Tensor | None:
-    """The inverse flow of particle b at row b of ``base_points`` (B, L) (points of the base) → (B, L).
-
-    zuko's ``flow_dist.transform.inv`` for a one-feature spline flow, computed per particle
-    row (e.g. at the base's quantiles); None when the flow is not of the supported form
-    (use zuko's then).
-    """
+def row_splines(flow_dist, batch: int):
+    """The per-particle spline knots of a one-feature flow, ready for :func:`rqs_compose_inverse`
+    and :func:`rqs_compose_forward` (rows: the ``batch`` particles), or None when the flow is not
+    of the supported form or this zuko's spline semantics differ (use zuko's transforms then)."""
     knots = _spline_knots(flow_dist, batch)
-    if knots is None or not _zuko_semantics_ok() or base_points.dim() != 2 or base_points.shape[0] != batch:
-        return None
-    with torch.no_grad():
-        return rqs_compose_inverse(base_points.to(knots[0][0].dtype), knots)
-
-
-def fast_flow_forward(flow_dist, z: torch.Tensor, batch: int) -> torch.Tensor | None:
-    """The flow's normalising map for particle b at row b of ``z`` (B, n) → (B, n), or None.
-
-    zuko's ``flow_dist.transform(z.T[..., None])`` for a one-feature spline flow, computed
-    per particle row; None when the flow is not of the supported form (use zuko's then).
-    """
-    knots = _spline_knots(flow_dist, batch)
-    if knots is None or not _zuko_semantics_ok() or z.dim() != 2 or z.shape[0] != batch:
-        return None
-    with torch.no_grad():
-        return rqs_compose_forward(z.to(knots[0][0].dtype), knots)
+    return knots if knots is not None and _zuko_semantics_ok() else None
