@@ -73,6 +73,27 @@ def test_fourier_crop_pad_roundtrip_and_integral():
     assert torch.allclose(down.sum((-2, -1)) * 3.0**2, img.sum((-2, -1)) * 1.5**2, rtol=1e-10)
 
 
+def test_fourier_crop_samples_band_limited_images_on_the_coarse_grid():
+    # f(x, y) = Σ a cos(2π(kx·x + ky·y)/L + φ) sampled at L/64 and cropped to 32 px equals f sampled at
+    # L/32 (pixel 0 at the same place), including cosines at the coarse grid's Nyquist (±16 folded together)
+    modes = [(0, 0, 1.0, 0.0), (3, -5, 0.7, 0.4), (-15, 11, 0.5, 1.3), (16, 2, 0.3, 0.9), (7, 16, 0.6, -0.5),
+             (16, 16, 0.4, 0.0), (16, 0, 0.8, 0.0)]
+
+    def sample(n):
+        i = torch.arange(n, dtype=D) / n
+        y, x = torch.meshgrid(i, i, indexing="ij")
+        f = torch.zeros(n, n, dtype=D)
+        for kx, ky, a, phi in modes:
+            # at the coarse Nyquist only the cosine part survives sampling: keep the phase 0 there
+            f += a * torch.cos(2 * math.pi * (kx * x + ky * y) + (0.0 if 16 in (abs(kx), abs(ky)) else phi))
+        return f
+
+    assert torch.allclose(fourier_crop(sample(64)[None], 32)[0], sample(32), atol=1e-12)
+    for box in (32, 33):  # new_box = box: the images themselves
+        z = torch.randn(2, box, box, dtype=D, generator=torch.Generator().manual_seed(box))
+        assert torch.allclose(fourier_crop(z, box), z, atol=1e-12)
+
+
 def test_lowpass_and_masks_and_normalisation():
     m = circular_mask(32, 10.0)
     assert m[16, 16] == 1 and m[16, 26] == 1 and m[16, 27] == 0 and m[0, 0] == 0

@@ -14,6 +14,7 @@ from cryoconf.sbi import (
 )
 from cryoconf.sbi.embeddings import ResNet18
 from cryoconf.structure import Conformations, Structure, save_conformations
+from cryoconf.structure.ensemble_io import load_conformations_npz
 
 
 def _topology(coords):
@@ -385,6 +386,44 @@ def test_cli_infer_with_whitening_and_calibrate(trained, toy_ensemble, tmp_path)
     metrics = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert metrics["n_particles"] == 64 and 0 <= metrics["coverage_68"] <= 1
     assert metrics["fraction_within_tolerance"] > 0.6  # inside the true template's cell; the prior alone gives 0.5
+    finer = tmp_path / "finer.yaml"
+    finer.write_text(_finer_config(trained[0]).to_yaml())
+    assert main(["sbi", "calibrate", str(run_dir), "-o", str(tmp_path / "cal_fine"), "-n", "64", "--samples", "100",
+                 "--snr", "1e30", "--tolerance", "0.5", "--particles-config", str(finer)]) == 0
+    metrics = json.loads((tmp_path / "cal_fine" / "calibration.json").read_text())
+    assert (metrics["particles_box"], metrics["particles_apix_A"]) == (64, 1.0)
+    assert metrics["fraction_within_tolerance"] > 0.6
+
+
+def _finer_config(config, **image) -> SBIConfig:
+    """``config`` with the particles at box 64 and 1 Å/px (the model's box 32 at 2 Å/px, finer)."""
+    data = config.to_dict()
+    data["image"].update({"box": 64, "apix_A": 1.0, **image})
+    return SBIConfig.from_dict(data)
+
+
+def test_particles_at_another_sampling_are_resampled_to_the_model_grid(trained, toy_ensemble, tmp_path):
+    from cryoconf.sbi.evaluation import to_model_grid
+
+    config, _ = trained
+    model, _ = _trained_model(trained)
+    coarse = SBISimulator.from_config(config)
+    fine = SBISimulator.from_config(_finer_config(config))
+    g = torch.Generator().manual_seed(11)
+    params = coarse.sample_parameters(8, g)
+    direct = coarse.render(params, g, noise=False)
+    assert to_model_grid(model, coarse, direct) is direct  # already on the model's grid
+    resampled = to_model_grid(model, fine, fine.render(params, g, noise=False))
+    assert resampled.shape == direct.shape
+    # the same particles rendered at 1 Å/px and Fourier-cropped equal the 2 Å/px rendering
+    assert float((resampled - direct).norm() / direct.norm()) < 0.02
+    other = tmp_path / "other.npz"
+    confs = load_conformations_npz(toy_ensemble)
+    save_conformations(other, Conformations(topology=confs.topology, coords_A=confs.coords_A, theta=np.array([0.0, 2.0])))
+    data = config.to_dict()
+    data["templates"]["path"] = str(other)
+    with pytest.raises(InputError, match="not the model's"):
+        to_model_grid(model, SBISimulator.from_config(SBIConfig.from_dict(data)), direct)
 
 
 def test_scan_finds_planted_particles(trained, toy_ensemble, tmp_path):
