@@ -191,3 +191,22 @@ def test_prepare_dataset_batch_groups_by_pixel_size():
     torch.testing.assert_close(x[1], x[2], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(x[0], x[3], rtol=1e-9, atol=1e-9)
     assert out["indices"].tolist() == [3, 0, 1, 2]
+
+
+def test_all_finite_is_exact_where_the_sum_overflows():
+    from cryoconf.errors import all_finite
+
+    x = torch.randn(3, 16, 16)
+    assert all_finite(x) and all_finite(torch.arange(5)) and all_finite(torch.zeros(0))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[2, 5, 7] = bad
+        assert not all_finite(y)
+    y = x.clone()
+    y[0, 0, :2] = torch.tensor([float("inf"), -float("inf")])  # inf − inf: a NaN sum, still caught
+    assert not all_finite(y)
+    huge = torch.full((4, 4), 3e38)  # finite, but the float32 sum overflows to inf
+    assert all_finite(huge) and all_finite(huge.to(torch.complex64))
+    x[1, 3, 3] = float("nan")
+    with pytest.raises(InputError, match="particle image 1 .*NaN"):
+        prepare_particles(x, 1.0, 16, 1.0)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoconf.errors import InputError
+from cryoconf.errors import InputError, all_finite
 from cryoconf.imaging.filters import (
     circular_mask,
     estimate_noise_psd,
@@ -141,7 +141,7 @@ def _check_images(images) -> torch.Tensor:
         raise InputError(f"particle images must be (B, D, D); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         x = x.to(torch.float32)
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
         raise InputError(f"particle image {bad} (in this batch) contains NaN or infinite pixels; remove it")
     return x

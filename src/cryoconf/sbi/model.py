@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cryoconf.errors import InputError
+from cryoconf.errors import InputError, all_finite
 from cryoconf.sbi.embeddings import build_embedding
 from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
 from cryoconf.sbi.posterior import BoundedFlow
@@ -98,7 +98,7 @@ class SBIModel(nn.Module):
             raise InputError(f"images must have shape (B, {self.box}, {self.box}) for this model (box {self.box}), "
                              f"got {tuple(images.shape)}; resample the particles to {self.box} px at "
                              f"{self.spec['apix_A']:g} Å/px")
-        if not bool(torch.isfinite(images).all()):
+        if not all_finite(images):
             raise InputError("images contain NaN or inf values; remove or repair those particles")
         return images.to(self._device(), torch.float32)
 
