@@ -140,7 +140,8 @@ def _register_calibrate(sub) -> None:
                        formatter_class=DefaultsHelpFormatter)
     _add_run_arguments(p)
     p.add_argument("-n", "--n-particles", type=int, default=2000, help="held-out particles")
-    p.add_argument("--snr", type=float, default=None, help="fix every particle's SNR (default: drawn from the prior)")
+    p.add_argument("--snr", type=float, default=None,
+                   help="fix every particle's SNR, defined on the particles' own pixels (default: drawn from the prior)")
     p.add_argument("--samples", type=int, default=1000, help="posterior samples per particle")
     p.add_argument("--tolerance", type=float, default=1.0, help="|θ − θ_true| counted as correct (θ's unit, e.g. Å)")
     p.add_argument("--particles-config", metavar="CONFIG", default=None,
