@@ -7,8 +7,8 @@ SNR definition of another config, e.g. the cryoSBI paper's box 128 at 1.5 Å/px
 for a model trained at box 64 and 3 Å/px) and resampled to the model's grid
 as ``sbi infer`` resamples experimental particles
 (:func:`~cryoconf.data.preprocess.resample_particles`): the SNR is then the
-one defined on the particles' own grid, as for data. Reported: the fraction of posterior samples within ``tolerance`` of
-the true θ (the cryoSBI paper's figure, 1 Å of RMSD), the mean posterior std,
+one defined on the particles' own grid, as for data. Reported: the fraction of
+posterior samples within ``tolerance`` of the true θ (the cryoSBI paper's figure, 1 Å of RMSD), the mean posterior std,
 the coverage of the central 68 % and 95 % intervals, and simulation-based
 calibration (rank histogram, coverage curve).
 """
