@@ -73,6 +73,11 @@ from cryoconf.sbi.simulator import SBISimulator
 REPO = Path(__file__).resolve().parents[1]
 
 
+def rms(a) -> float:
+    """Root mean square of an array."""
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
 def training_budget(run: Path) -> dict:
     """Steps and wall time of the run's training, from its checkpoints and run.log."""
     ckpts = list_checkpoints(run)
@@ -166,7 +171,6 @@ def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, i
     # the baseline's posterior mass on the templates within the tolerance of the true θ
     base_within = (base_result.posterior * (np.abs(theta[None, :] - truth[:, None]) <= args.tolerance)).sum(1)
     template = params["template"].numpy()  # the template each particle was rendered from
-    rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
     return {
         "box": simulator.image.box, "apix_A": simulator.image.apix_A,
         "rms_difference_of_posterior_means_A": round(rms(npe_m - base_m), 4),
@@ -272,7 +276,6 @@ def main() -> None:
         prepare = lambda x: to_model_grid(model, source, x)
         npe_m, npe_s, npe_t, npe_t_sampled, npe_within, npe_m_sampled = npe_means(model, images, prepare, args.samples,
                                                                                   truth, args.tolerance)
-        rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
         cmp = {
             "particles": args.baseline_particles, "snr": args.baseline_snr,
             "particles_box": source.image.box, "particles_apix_A": source.image.apix_A, "npe_samples": args.samples,

@@ -108,11 +108,15 @@ class SBIModel(nn.Module):
 
         In eval mode after :meth:`freeze_for_inference`, the frozen copy of the embedding runs.
         """
+        return self._features(self._check_images(images))
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` of images that :meth:`_check_images` has already checked."""
         net = self.embedding
         frozen = self.__dict__.get("_frozen_embedding")
         if frozen is not None and not self.training:
             net = frozen
-        return net(normalize_for_sbi(self._check_images(images)))
+        return net(normalize_for_sbi(images))
 
     @torch.no_grad()
     def freeze_for_inference(self) -> "SBIModel":
@@ -193,7 +197,7 @@ class SBIModel(nn.Module):
             chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
             out = []
             for s in range(0, images.shape[0], chunk):
-                ctx = self.embed(images[s:s + chunk])
+                ctx = self._features(images[s:s + chunk])
                 out.append(self.posterior.sample(n, ctx))
             return torch.cat(out, dim=1)
         finally:
@@ -231,7 +235,8 @@ class SBIModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            parts = [summarize_flow(self.posterior, self.embed(images[s:s + batch_size]), templates, nodes=nodes)
+            parts = [summarize_flow(self.posterior, self._features(images[s:s + batch_size]), templates,
+                                    nodes=nodes)
                      for s in range(0, images.shape[0], batch_size)]
             return PosteriorSummary.concat(parts)
         finally:
