@@ -102,6 +102,16 @@ def training_budget(run: Path) -> dict:
             "last_validation_loss": float(val[-1][2]) if val else None}
 
 
+def renders_alike(a: SBISimulator, b: SBISimulator) -> bool:
+    """Whether two simulators render the same particles from the same seed (grid, padding, projector,
+    SNR definition, priors), i.e. the run was trained on particles simulated as ``--paper-config``
+    simulates them (its own are then resampled to its grid as the paper's particles are)."""
+    image_keys = ("pad_factor", "projector", "snr_definition", "snr_mask_radius_px", "voltage_kV", "cs_mm")
+    return (a.render_box, a.render_apix_A) == (b.render_box, b.render_apix_A) and \
+        all(getattr(a.image, k) == getattr(b.image, k) for k in image_keys) and \
+        a.nuisance_prior.priors == b.nuisance_prior.priors
+
+
 def npe_means(model: SBIModel, images: torch.Tensor, prepare, n_samples: int, truth: np.ndarray, tolerance: float,
               batch: int = 256, repeats: int = 3):
     """NPE posterior mean and std of θ per image and the wall seconds per particle, two ways:
@@ -147,7 +157,7 @@ def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, ima
     per image, the seconds per particle, the MAP template index and the result."""
     step = args.defocus_step
     cfg = BaselineConfig(n_orientations=args.orientations, shift_range_A=args.shift_range,
-                         shift_step_A=simulator.image.apix_A,
+                         shift_step_A=simulator.apix_A,
                          defocus_offsets_A=(-step, 0.0, step) if step > 0 else (0.0,),
                          particle_batch=images.shape[0], cache_bytes=0)
     ctf = simulator.ctf_params(params)
@@ -155,7 +165,7 @@ def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, ima
     results = []
     for sigma in args.baseline_sigmas:
         tm = TemplateSet(simulator.coords, simulator.amplitudes, torch.full_like(simulator.amplitudes, sigma), theta)
-        results.append(score_particles(tm, images, simulator.image.apix_A, cfg, ctf=ctf, progress=True))
+        results.append(score_particles(tm, images, simulator.apix_A, cfg, ctf=ctf, progress=True))
     seconds = (time.perf_counter() - t0) / images.shape[0]
     # σ marginalised with a uniform prior over the grid: ln mean_σ p(x | m, σ)
     ll = np.logaddexp.reduce(np.stack([r.log_likelihood for r in results]), axis=0) - math.log(len(results))
@@ -172,7 +182,7 @@ def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, i
     base_within = (base_result.posterior * (np.abs(theta[None, :] - truth[:, None]) <= args.tolerance)).sum(1)
     template = params["template"].numpy()  # the template each particle was rendered from
     return {
-        "box": simulator.image.box, "apix_A": simulator.image.apix_A,
+        "box": simulator.box, "apix_A": simulator.apix_A,
         "rms_difference_of_posterior_means_A": round(rms(npe_m - base_m), 4),
         "baseline_mean_rmse_vs_truth_A": round(rms(base_m - truth), 4),
         "baseline_map_is_rendered_template": round(float(np.mean(base_map == template)), 4),
@@ -245,18 +255,22 @@ def main() -> None:
     config = load_config(run / "config.yaml")
     simulator = SBISimulator.from_config(config, device=args.device)
     out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,
+           "training_particles_rendered_at": list(config.image.render_grid),
            "embedding": config.embedding.name, "snr_definition": config.image.snr_definition,
            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "device": args.device, "training": training_budget(run)}
     paper = None
     if args.paper_config.lower() != "none":
         paper = SBISimulator.from_config(load_config(args.paper_config), device=args.device)
-        out["paper_particles"] = {"config": args.paper_config, "box": paper.image.box, "apix_A": paper.image.apix_A,
+        out["paper_particles"] = {"config": args.paper_config, "box": paper.render_box, "apix_A": paper.render_apix_A,
                                   "snr_definition": paper.image.snr_definition,
                                   "resampled_to": [model.box, model.spec["apix_A"]]}
     per_snr = []
     for key, source in (("held_out", None), ("held_out_paper_particles", paper)):
         if key != "held_out" and source is None:
+            continue
+        if source is not None and renders_alike(simulator, source):
+            out[key] = "the same particles as held_out: the run renders its particles as --paper-config does"
             continue
         out[key] = []
         for snr in args.snr:
@@ -264,7 +278,8 @@ def main() -> None:
                                                       tolerance=args.tolerance, return_samples=True,
                                                       particle_simulator=source)
             out[key].append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
-            label = f"SNR {snr:g}" + ("" if source is None else f" at {source.image.apix_A:g} Å/px")
+            grid = simulator if source is None else source
+            label = f"SNR {snr:g} at {grid.render_apix_A:g} Å/px"
             per_snr.append((label, truth.numpy(), x[0].numpy(), x.std(0).numpy()))  # one sample per particle
     comparison = None
     if args.baseline_particles > 0:
@@ -278,7 +293,7 @@ def main() -> None:
                                                                                   truth, args.tolerance)
         cmp = {
             "particles": args.baseline_particles, "snr": args.baseline_snr,
-            "particles_box": source.image.box, "particles_apix_A": source.image.apix_A, "npe_samples": args.samples,
+            "particles_box": source.render_box, "particles_apix_A": source.render_apix_A, "npe_samples": args.samples,
             "orientations": args.orientations, "baseline_sigmas_A": args.baseline_sigmas,
             "defocus_offsets_A": [-args.defocus_step, 0.0, args.defocus_step] if args.defocus_step > 0 else [0.0],
             "shift_range_A": args.shift_range,

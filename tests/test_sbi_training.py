@@ -194,6 +194,12 @@ def test_cli_train_and_resume(toy_ensemble, tmp_path):
     ({"posterior": {"parameters": ["theta", "log10_snr"]}, "priors": {"snr": 0.1}}, r"log10_snr.*min < max"),
     ({"flow": {"hidden_features": "big"}}, r"flow\.hidden_features"),
     ({"extra": {}}, r"'extra' is unknown"),
+    ({"image": {"box": 32, "apix_A": 2.0, "simulation_box": 64}}, r"image\.simulation_apix_A.*go together"),
+    ({"image": {"box": 32, "apix_A": 2.0, "simulation_box": 48, "simulation_apix_A": 1.0}},
+     r"image\.simulation_box.*field of view \(48 px × 1.0 Å/px = 48 Å\) is smaller"),
+    ({"image": {"box": 32, "apix_A": 2.0, "simulation_box": 65, "simulation_apix_A": 1.0}}, r"simulation_box.*even"),
+    ({"image": {"box": 32, "apix_A": 2.0, "simulation_box": 34, "simulation_apix_A": 1.9}},
+     r"image\.simulation_apix_A.*cannot resample"),
 ])
 def test_config_errors(toy_ensemble, patch, match):
     data = _config(toy_ensemble).to_dict()
@@ -220,6 +226,11 @@ def test_example_configs_are_valid():
     for name in ("sbi_hsp90_box64.yaml", "sbi_hsp90_box128.yaml"):
         c = load_config(root / name)
         assert c.training.lr == 3e-4 and c.training.batch_size == 256 and c.training.clip_grad_norm == 5.0
+    base, tuned = load_config(root / "sbi_hsp90_box64.yaml"), load_config(root / "sbi_hsp90_box64_from128.yaml")
+    # the fine-tuning config renders the paper's particles and keeps the base model's architecture
+    assert tuned.image.render_grid == (128, 1.5) and (tuned.image.box, tuned.image.apix_A) == (64, 3.0)
+    assert tuned.image.snr_mask_radius_px == 64 and tuned.priors == base.priors
+    assert (tuned.embedding, tuned.flow, tuned.posterior) == (base.embedding, base.flow, base.posterior)
 
 
 # -- embeddings ---------------------------------------------------------------------------------
@@ -424,6 +435,67 @@ def test_particles_at_another_sampling_are_resampled_to_the_model_grid(trained, 
     data["templates"]["path"] = str(other)
     with pytest.raises(InputError, match="not the model's"):
         to_model_grid(model, SBISimulator.from_config(SBIConfig.from_dict(data)), direct)
+
+
+def test_training_particles_rendered_at_the_data_sampling(trained, toy_ensemble):
+    """image.simulation_box/simulation_apix_A: the simulator renders at 1 Å/px (SNR and mask on
+    that grid) and returns the model's 2 Å/px grid, exactly as evaluation resamples such particles."""
+    from cryoconf.sbi.evaluation import to_model_grid
+
+    config, _ = trained
+    model, _ = _trained_model(trained)
+    data = config.to_dict()
+    assert "simulation_box" not in data["image"]  # unset: configs of older runs are unchanged
+    data["image"].update({"simulation_box": 64, "simulation_apix_A": 1.0, "snr_definition": "mask",
+                          "snr_mask_radius_px": None})
+    data["priors"]["snr"] = [0.5, 2.0]
+    at_data = SBIConfig.from_dict(data)
+    assert at_data.image.render_grid == (64, 1.0) and at_data.image.snr_mask_radius_px == 32  # half the render box
+    assert SBIConfig.from_dict(at_data.to_dict()) == at_data
+    sim = SBISimulator.from_config(at_data)
+    assert (sim.box, sim.apix_A, sim.render_box, sim.render_apix_A) == (32, 2.0, 64, 1.0)
+    data["image"].update({"box": 64, "apix_A": 1.0})
+    del data["image"]["simulation_box"], data["image"]["simulation_apix_A"]
+    fine = SBISimulator.from_config(SBIConfig.from_dict(data))
+    params = sim.sample_parameters(6, torch.Generator().manual_seed(5))
+    images = sim.render(params, torch.Generator().manual_seed(6))
+    reference = to_model_grid(model, fine, fine.render(params, torch.Generator().manual_seed(6)))
+    assert images.shape == (6, 32, 32)
+    torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
+    # noise-free, the resampled particle is the 2 Å/px rendering of the same particle
+    coarse = SBISimulator.from_config(config)
+    direct = coarse.render(params, torch.Generator(), noise=False)
+    resampled = sim.render(params, torch.Generator(), noise=False)
+    assert float((resampled - direct).norm() / direct.norm()) < 0.02
+    _, batch = sim.simulate(4, torch.Generator().manual_seed(0))
+    assert batch.shape == (4, 32, 32) and bool(torch.isfinite(batch).all())
+
+
+def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_path):
+    from cryoconf.cli.main import main
+
+    config, result = trained
+    tuned = train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, steps=0, progress=False)
+    source = SBIModel.load(result.checkpoint)
+    a, b = source.state_dict(), tuned.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # step 0: the source's weights
+    assert tuned.step == 0 and (tmp_path / "tuned" / "checkpoint.0.pt").exists()
+    assert "initial weights from" in (tmp_path / "tuned" / "run.log").read_text()
+    # it then trains as a run of its own, and resumes with --load latest
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config(toy_ensemble, batch_size=8, validation_size=8).to_dict()))
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "t2"), "--init", str(result.checkpoint),
+                 "--steps", "1", "--no-progress"]) == 0
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "t2"), "--load", "latest", "--steps", "2",
+                 "--no-progress"]) == 0
+    other = _config(toy_ensemble)
+    other.flow.bins = 4
+    with pytest.raises(InputError, match=r"--init .*differs.*flow"):
+        train_sbi(other, tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
+    with pytest.raises(InputError, match="give one of them"):
+        train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, load="latest", progress=False)
+    with pytest.raises(InputError, match="--init latest"):
+        train_sbi(_config(toy_ensemble), tmp_path / "bad2", init="latest", progress=False)
 
 
 def test_scan_finds_planted_particles(trained, toy_ensemble, tmp_path):

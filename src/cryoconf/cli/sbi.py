@@ -30,7 +30,11 @@ Train an SBI posterior from a YAML config (templates, box, pixel size, priors wi
 units, embedding, flow and training settings; see configs/sbi_hsp90_box64.yaml).
 The run directory receives config.yaml, run.log, validation.pt (the fixed held-out
 particles), checkpoint.N.pt every training.checkpoint_interval steps, loss.csv and
-loss.png. `--load latest` resumes exactly from the newest checkpoint.
+loss.png. `--load latest` resumes exactly from the newest checkpoint. `--init RUN2`
+starts a new run from the weights of another run (its newest checkpoint, or a
+checkpoint.N.pt) with the same templates, grid, embedding and flow: fine-tuning,
+e.g. on particles simulated at the data's sampling (image.simulation_box,
+image.simulation_apix_A) or with narrower priors; the optimiser starts afresh at step 0.
 
 Multi-GPU: torchrun --nproc-per-node G -m cryoconf sbi train CONFIG -o RUN --device cuda
 """
@@ -43,6 +47,9 @@ def _register_train(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run directory to write")
     p.add_argument("--load", default=None, metavar="latest|PATH",
                    help="resume: 'latest' (newest checkpoint in RUN) or a checkpoint file")
+    p.add_argument("--init", default=None, metavar="RUN2|PATH",
+                   help="start a new run from the weights of another run (its newest checkpoint) or of a "
+                        "checkpoint file: fine-tuning; same architecture, fresh optimiser, step 0")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides training.steps)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
@@ -58,7 +65,8 @@ def run_train(args) -> int:
     if args.steps is not None and args.steps < 0:
         raise InputError(f"--steps must be ≥ 0, got {args.steps}")
     config = load_config(args.config)
-    result = train_sbi(config, args.output, load=args.load, device=args.device, steps=args.steps, seed=args.seed,
+    result = train_sbi(config, args.output, load=args.load, init=args.init, device=args.device, steps=args.steps,
+                       seed=args.seed,
                        progress=not args.no_progress)
     val = f", validation loss {result.validation_losses[-1][1]:.4f}" if result.validation_losses else ""
     print(f"trained to step {result.step}{val}; run directory {result.run_dir}")

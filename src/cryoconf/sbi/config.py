@@ -12,7 +12,11 @@ the fix. See ``configs/sbi_hsp90_box64.yaml`` for a documented example.
                ``center`` (first | each | none), ``amplitudes`` (topology | equal).
 ``image``      ``box`` (px), ``apix_A`` (Å/px), ``voltage_kV``, ``cs_mm`` (fixed),
                ``pad_factor`` (zero padding for the CTF), ``projector`` (point | pixel),
-               ``snr_definition`` (box | mask), ``snr_mask_radius_px``.
+               ``snr_definition`` (box | mask), ``snr_mask_radius_px``; optionally
+               ``simulation_box`` (px) and ``simulation_apix_A`` (Å/px): render the
+               training particles at the data's sampling (padding, SNR and mask radius
+               then refer to that grid) and resample them to ``box``/``apix_A`` as
+               ``sbi infer`` resamples experimental particles.
 ``priors``     nuisance priors, each ``[min, max]`` drawn uniformly per particle
                (``snr`` log-uniformly): ``sigma_A`` (one Gaussian width per particle),
                ``defocus_A``, ``astigmatism_A`` (|U − V|, angle uniform in [0, 180)°),
@@ -143,6 +147,17 @@ class ImageConfig:
     projector: str = "point"
     snr_definition: str = "box"
     snr_mask_radius_px: float | None = None
+    simulation_box: int | None = None
+    simulation_apix_A: float | None = None
+
+    @property
+    def render_grid(self) -> tuple[int, float]:
+        """(box px, Å/px) the training particles are rendered at: ``simulation_box`` and
+        ``simulation_apix_A`` when given (then resampled to ``box`` and ``apix_A`` as
+        ``sbi infer`` resamples data), else the model's own grid."""
+        if self.simulation_box is None:
+            return self.box, self.apix_A
+        return self.simulation_box, self.simulation_apix_A
 
     def validate(self) -> None:
         self.box = _number("image.box", self.box, unit="px", minimum=8, integer=True)
@@ -157,6 +172,28 @@ class ImageConfig:
         if self.snr_mask_radius_px is not None:
             self.snr_mask_radius_px = _number("image.snr_mask_radius_px", self.snr_mask_radius_px, unit="px",
                                               minimum=0, strict_min=True)
+        if (self.simulation_box is None) != (self.simulation_apix_A is None):
+            _fail("image.simulation_box" if self.simulation_box is None else "image.simulation_apix_A",
+                  "simulation_box (px) and simulation_apix_A (Å/px) go together: give both (the data's sampling) "
+                  "or neither (render on the model's grid)")
+        if self.simulation_box is not None:
+            self.simulation_box = _number("image.simulation_box", self.simulation_box, unit="px", minimum=8,
+                                          integer=True)
+            if self.simulation_box % 2:
+                _fail("image.simulation_box", f"must be even (px), got {self.simulation_box}; e.g. 128 or 256")
+            self.simulation_apix_A = _number("image.simulation_apix_A", self.simulation_apix_A, unit="Å/px",
+                                             minimum=0, strict_min=True)
+            fov, model_fov = self.simulation_box * self.simulation_apix_A, self.box * self.apix_A
+            if fov < model_fov * (1 - 1e-6):
+                _fail("image.simulation_box", f"the simulated field of view ({self.simulation_box} px × "
+                                              f"{self.simulation_apix_A} Å/px = {fov:g} Å) is smaller than the model's "
+                                              f"({self.box} px × {self.apix_A} Å/px = {model_fov:g} Å); enlarge it")
+            from cryoconf.data.preprocess import plan_resampling
+
+            try:
+                plan_resampling(self.simulation_box, self.simulation_apix_A, self.box, self.apix_A)
+            except InputError as exc:
+                _fail("image.simulation_apix_A", str(exc))
 
 
 @dataclass
@@ -355,7 +392,7 @@ class SBIConfig:
                 _fail("posterior.parameters", f"'{name}' needs a prior range with min < max, but priors."
                                               f"{EXTRA_PARAMETERS[name]} is [{lo}, {hi}]; widen it or drop '{name}'")
         if self.image.snr_definition == "mask" and self.image.snr_mask_radius_px is None:
-            self.image.snr_mask_radius_px = self.image.box / 2
+            self.image.snr_mask_radius_px = self.image.render_grid[0] / 2
         return self
 
     def to_dict(self) -> dict:
@@ -370,7 +407,11 @@ class SBIConfig:
                 return {k: plain(x) for k, x in v.items()}
             return v
 
-        return plain(d)
+        d = plain(d)
+        for key in ("simulation_box", "simulation_apix_A"):  # unset: omitted, so runs written before the
+            if d["image"][key] is None:                      # option existed keep their config unchanged
+                del d["image"][key]
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

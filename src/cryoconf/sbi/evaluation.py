@@ -56,7 +56,7 @@ def to_model_grid(model: SBIModel, simulator: SBISimulator, images: torch.Tensor
         raise InputError(f"the particle simulator's templates (θ {theta_sim.min():.4g}…{theta_sim.max():.4g}, "
                          f"{theta_sim.size} templates) are not the model's ({theta_model.size} templates); "
                          "simulate the particles from the ensemble the model was trained on")
-    box, apix = simulator.image.box, simulator.image.apix_A
+    box, apix = simulator.box, simulator.apix_A
     if box == model.box and abs(apix - model.spec["apix_A"]) <= 1e-6 * apix:
         return images
     return resample_particles(images, apix, model.box, model.spec["apix_A"])[0]
@@ -84,8 +84,8 @@ def evaluate_posterior(model: SBIModel, simulator: SBISimulator, n: int = 2000, 
     metrics = {
         "n_particles": n,
         "snr": snr if snr is not None else "prior",
-        "particles_box": source.image.box,
-        "particles_apix_A": source.image.apix_A,
+        "particles_box": source.render_box,
+        "particles_apix_A": source.render_apix_A,
         "snr_definition": source.image.snr_definition,
         "n_samples": n_samples,
         "fraction_within_tolerance": float(within.double().mean()),

@@ -4,6 +4,10 @@
 nearest to θ with the core forward model (:func:`cryoconf.imaging.forward.render_noisy_images`:
 rotate → project → shift → CTF → white noise at the drawn SNR) on the training device,
 and returns the raw noisy images. Every call is a fresh batch (no stored training set).
+With ``image.simulation_box``/``simulation_apix_A`` the particles are rendered at the
+data's sampling (the SNR defined on those pixels) and resampled to the model's grid by
+:func:`cryoconf.data.preprocess.resample_particles`, the step ``sbi infer`` applies to
+experimental particles, so training sees exactly what inference will.
 
 :func:`normalize_for_sbi` is the one preprocessing step between an image and the
 embedding network; :class:`~cryoconf.sbi.model.SBIModel` applies it to every image
@@ -15,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryoconf.data.preprocess import plan_resampling, resample_particles
 from cryoconf.errors import InputError
 from cryoconf.imaging.ctf import CTFParams
 from cryoconf.imaging.forward import RenderWorkspace, render_noisy_images
@@ -93,6 +98,11 @@ class SBISimulator:
             raise InputError(f"{len(self.template_prior)} θ values for {self.coords.shape[0]} templates")
         self.nuisance_prior = NuisancePrior(priors)
         self.image = image
+        self.box, self.apix_A = image.box, image.apix_A                 # the images returned (model grid)
+        self.render_box, self.render_apix_A = image.render_grid          # the grid they are rendered on
+        self.resamples = self.render_box != self.box or abs(self.render_apix_A - self.apix_A) > 1e-6 * self.apix_A
+        self._plan = plan_resampling(self.render_box, self.render_apix_A, self.box, self.apix_A) \
+            if self.resamples else None
         self.chunk_size = chunk_size
         self.workspace = RenderWorkspace()
 
@@ -122,19 +132,23 @@ class SBISimulator:
             params["amplitude_contrast"], 0.0, params["bfactor_A2"], 1.0, dtype=torch.float32, device=self.device)
 
     def render(self, params: dict[str, torch.Tensor], generator: torch.Generator,
-               return_clean: bool = False, noise: bool = True, ctf: bool = True):
-        """Images (n, box, box) float32 on the device for ``params`` (noise seeds from ``generator``).
-        ``ctf=False`` renders without the CTF (a misspecified model, for checks)."""
+               noise: bool = True, ctf: bool = True):
+        """Images (n, box, box) float32 on the device for ``params`` (noise seeds from ``generator``),
+        on the model's grid (rendered on ``render_box``/``render_apix_A`` and resampled when they
+        differ). ``ctf=False`` renders without the CTF (a misspecified model, for checks)."""
         dev, im = self.device, self.image
         n = params["theta"].shape[0]
         ctf = self.ctf_params(params) if ctf else None
         snr = params["snr"].to(dev, torch.float32) if noise else torch.full((n,), float("inf"), device=dev)
-        return render_noisy_images(
+        images = render_noisy_images(
             self.coords[params["template"].to(dev)], self.amplitudes, params["sigma_A"].to(dev, torch.float32)[:, None],
             params["rotations"].to(dev, torch.float32), params["shifts_A"].to(dev, torch.float32), ctf,
-            im.box, im.apix_A, snr, snr_definition=im.snr_definition, mask_radius_px=im.snr_mask_radius_px,
-            generator=generator, pad_factor=im.pad_factor, projector=im.projector, chunk_size=self.chunk_size,
-            return_clean=return_clean, workspace=self.workspace)
+            self.render_box, self.render_apix_A, snr, snr_definition=im.snr_definition,
+            mask_radius_px=im.snr_mask_radius_px, generator=generator, pad_factor=im.pad_factor,
+            projector=im.projector, chunk_size=self.chunk_size, workspace=self.workspace)
+        if not self.resamples:
+            return images
+        return resample_particles(images, self.render_apix_A, self.box, self.apix_A, plan=self._plan)[0]
 
     def simulate(self, n: int, generator: torch.Generator, noise: bool = True):
         """A fresh batch: (params dict, raw images (n, box, box) on the device). Not normalised:

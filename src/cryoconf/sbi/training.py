@@ -8,6 +8,9 @@ stored as ``validation.pt`` in the run directory) gives the validation loss ever
 the config, weights, optimiser state, step and every random state — the simulator's
 CPU ``torch.Generator`` (one per rank) and the global torch/numpy/python RNGs — so
 ``--load latest`` continues bit-for-bit (on the CPU) as if never interrupted.
+``--init CHECKPOINT`` instead starts a new run (step 0, fresh optimiser) from the
+weights of another run with the same architecture: fine-tuning, e.g. on particles
+simulated at the data's sampling (``image.simulation_box``) or with other priors.
 
 Multi-GPU: launched with ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel, each rank simulates its own batches from a rank-offset
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cryoconf.distributed import start_run
@@ -36,7 +40,7 @@ from cryoconf.sbi.model import SBIModel, load_checkpoint
 from cryoconf.sbi.simulator import SBISimulator
 
 __all__ = ["train_sbi", "TrainResult", "posterior_targets", "parameter_bounds", "simulation_seed",
-           "VALIDATION_FILE"]
+           "initial_weights", "VALIDATION_FILE"]
 
 log = logging.getLogger("cryoconf.sbi")
 
@@ -98,6 +102,39 @@ def _config_differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
+def initial_weights(model: SBIModel, init) -> Path:
+    """Load into ``model`` the weights of the checkpoint ``init`` names (a checkpoint.N.pt, or a run
+    directory: its newest checkpoint) and return its path. The two models must have the same
+    architecture, posterior parameters, bounds, templates and grid; otherwise an InputError lists
+    what differs."""
+    from cryoconf.rundir import resolve_checkpoint
+
+    if str(init) == "latest":
+        raise InputError("--init latest: name the run directory or checkpoint to start from; "
+                         "to resume this run use --load latest")
+    path = resolve_checkpoint(init, init)
+    state = load_checkpoint(path, map_location="cpu")
+    old, new = state["spec"], model.spec
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        same = np.allclose(a, b, rtol=1e-6, atol=1e-9) if key in ("low", "high", "template_theta") and \
+            a is not None and b is not None and np.shape(a) == np.shape(b) else a == b
+        if not same:
+            diffs.append(f"{key}: {path} has {_short(a)}, the config gives {_short(b)}")
+    if diffs:
+        raise InputError(f"--init {init}: the checkpoint's model differs from this config's in " + "; ".join(diffs)
+                         + ". Fine-tuning needs the same templates, grid, posterior parameters and priors on them, "
+                         "embedding and flow")
+    model.load_state_dict(state["model_state"])
+    return path
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _validation_set(run_dir: Path, config: SBIConfig, simulator: SBISimulator, rank: int, world: int):
     """Load or simulate (once, fixed seed) the held-out particles; rank 0 writes them."""
     path = run_dir / VALIDATION_FILE
@@ -141,14 +178,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = None, steps: int | None = None,
-              seed: int | None = None, progress: bool = True, simulator: SBISimulator | None = None) -> TrainResult:
+def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str | None = None,
+              steps: int | None = None, seed: int | None = None, progress: bool = True,
+              simulator: SBISimulator | None = None) -> TrainResult:
     """Train (or resume) an SBI posterior; returns the model and its loss history.
 
     Args:
         config: validated :class:`SBIConfig`.
         run_dir: the run directory (created; must hold no checkpoints unless ``load``).
         load: None, ``"latest"`` (newest checkpoint of ``run_dir``) or a checkpoint path.
+        init: start a new run from the weights of this checkpoint (or run directory's newest):
+            see :func:`initial_weights`. Not with ``load``.
         device: ``cpu`` (default) or ``cuda``.
         steps: total number of optimiser steps (overrides ``training.steps``).
         seed: overrides ``training.seed``.
@@ -159,6 +199,9 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
     if seed is not None:
         config.training.seed = int(seed)
     config.validate()
+    if init is not None and load is not None:
+        raise InputError("--init starts a new run from another run's weights and --load resumes this run: "
+                         "give one of them (a fine-tuning run started with --init resumes with --load latest)")
     tc = config.training
     world, rank, dev, run_dir, ckpt_path = start_run(run_dir, load, device)
 
@@ -195,6 +238,8 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, device: str | None = Non
             restore_rng_state((state.get("rng") or [None] * world)[rank] if isinstance(state.get("rng"), list)
                               else state.get("rng"))
             log.info("resumed from %s at step %d", ckpt_path, start)
+        elif init is not None:
+            log.info("initial weights from %s", initial_weights(model, init))
         if rank == 0:
             log.info("templates: %d, θ prior [%.4g, %.4g]; posterior over %s; embedding %s (%d parameters), "
                      "flow %d parameters; device %s, %d process(es)", len(simulator.template_prior),
