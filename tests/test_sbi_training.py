@@ -494,6 +494,10 @@ def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_
         train_sbi(other, tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
     with pytest.raises(InputError, match="give one of them"):
         train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, load="latest", progress=False)
+    with pytest.raises(InputError, match=r"--init .*missing\.pt: no such checkpoint file"):
+        train_sbi(_config(toy_ensemble), tmp_path / "bad3", init=tmp_path / "missing.pt", progress=False)
+    with pytest.raises(InputError, match=r"--init .*no checkpoint.N.pt in .*train that run first"):
+        train_sbi(_config(toy_ensemble), tmp_path / "bad4", init=tmp_path, progress=False)
     with pytest.raises(InputError, match="--init latest"):
         train_sbi(_config(toy_ensemble), tmp_path / "bad2", init="latest", progress=False)
 

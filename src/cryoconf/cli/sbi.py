@@ -66,8 +66,7 @@ def run_train(args) -> int:
         raise InputError(f"--steps must be ≥ 0, got {args.steps}")
     config = load_config(args.config)
     result = train_sbi(config, args.output, load=args.load, init=args.init, device=args.device, steps=args.steps,
-                       seed=args.seed,
-                       progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress)
     val = f", validation loss {result.validation_losses[-1][1]:.4f}" if result.validation_losses else ""
     print(f"trained to step {result.step}{val}; run directory {result.run_dir}")
     return 0

@@ -112,7 +112,11 @@ def initial_weights(model: SBIModel, init) -> Path:
     if str(init) == "latest":
         raise InputError("--init latest: name the run directory or checkpoint to start from; "
                          "to resume this run use --load latest")
-    path = resolve_checkpoint(init, init)
+    try:
+        path = resolve_checkpoint(init, init)
+    except InputError as exc:  # its message names --load
+        raise InputError(str(exc).replace("--load", "--init", 1).replace("train without --load first",
+                                                                          "train that run first")) from None
     state = load_checkpoint(path, map_location="cpu")
     old, new = state["spec"], model.spec
     diffs = []
