@@ -122,12 +122,8 @@ def infer_dataset(
 def posterior_density(model: SBIModel, grid: np.ndarray, images) -> np.ndarray:
     """q(θ | image) (G, k) of a one-parameter model at θ ``grid`` (G,) for ``images`` (k, box, box)."""
     theta = torch.as_tensor(grid, dtype=torch.float32)[:, None, None].expand(-1, len(images), 1)
-    was_training = model.training
-    model.eval()  # batch norm with its running statistics (training mode would update them)
-    try:
+    with model.evaluating():  # batch norm with its running statistics (training mode would update them)
         return model.log_prob(theta, images).exp().cpu().numpy()
-    finally:
-        model.train(was_training)
 
 
 def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, templates: np.ndarray,

@@ -7,8 +7,6 @@ the MMD check that such particles are told apart from the model's own.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -18,18 +16,6 @@ from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator, normalize_for_sbi
 
 __all__ = ["embed_particles", "embed_simulated", "simulator_for_structure"]
-
-
-@contextmanager
-def _eval_mode(model: SBIModel):
-    """Eval mode while embedding: batch-norm layers use their running statistics (an embedding must not
-    depend on which particles share its batch, nor update those statistics), restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -43,7 +29,7 @@ def embed_particles(model: SBIModel, particles, *, datadir=None, ind=None, apix=
         positions = np.sort(np.random.default_rng(seed).choice(positions, max_particles, replace=False))
     psd = estimate_dataset_psd(dataset, model.box, model.spec["apix_A"]) if whiten else None
     out = []
-    with _eval_mode(model):
+    with model.evaluating():
         for s in range(0, len(positions), batch_size):
             batch = prepare_dataset_batch(dataset, positions[s:s + batch_size], model.box, model.spec["apix_A"],
                                           noise_psd=psd, normalize=normalize_for_sbi)
@@ -58,7 +44,7 @@ def embed_simulated(model: SBIModel, simulator: SBISimulator, n: int, *, seed: i
     in eval mode."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    with _eval_mode(model):
+    with model.evaluating():
         for s in range(0, n, batch_size):
             params = simulator.sample_parameters(min(batch_size, n - s), g)
             out.append(model.embed(simulator.render(params, g, ctf=ctf)).cpu())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -181,6 +182,18 @@ class SBIModel(nn.Module):
     def forward(self, theta, images) -> torch.Tensor:  # what DistributedDataParallel calls
         return self.log_prob(theta, images)
 
+    @contextmanager
+    def evaluating(self):
+        """Eval mode for the block, the previous mode restored afterwards: batch-norm layers use
+        their running statistics (a posterior or an embedding must not depend on which particles
+        share its batch, nor update those statistics), and the frozen embedding runs."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def sample(self, images, n: int, *, batch_size: int | None = None, max_elements: int = 2**22) -> torch.Tensor:
         """``n`` posterior samples per image: (n, B, D), each inside the prior bounds.
@@ -188,20 +201,18 @@ class SBIModel(nn.Module):
         Images are processed in chunks so that at most ``max_elements`` samples (n × chunk)
         are drawn at once (``batch_size`` fixes the chunk instead). Runs in eval mode.
         """
-        images = self._check_images(images)
+        return self._sample(self._check_images(images), n, batch_size=batch_size, max_elements=max_elements)
+
+    def _sample(self, images: torch.Tensor, n: int, *, batch_size: int | None = None,
+                max_elements: int = 2**22) -> torch.Tensor:
+        """:meth:`sample` of images that :meth:`_check_images` has already checked."""
         if n < 1:
             raise InputError(f"number of samples must be ≥ 1, got {n}")
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
-            out = []
-            for s in range(0, images.shape[0], chunk):
-                ctx = self._features(images[s:s + chunk])
-                out.append(self.posterior.sample(n, ctx))
+            out = [self.posterior.sample(n, self._features(images[s:s + chunk]))
+                   for s in range(0, images.shape[0], chunk)]
             return torch.cat(out, dim=1)
-        finally:
-            self.train(was_training)
 
     def summary_method(self, method: str = "auto") -> str:
         """What :meth:`summarize` does for ``method``: ``flow`` or ``samples`` (errors for a bad one)."""
@@ -231,16 +242,12 @@ class SBIModel(nn.Module):
         if templates is None and one_parameter:
             templates = self.spec["template_theta"]
         if self.summary_method(method) == "samples":
-            return summarize_samples(self.sample(images, n_samples), templates if one_parameter else None)
-        was_training = self.training
-        self.eval()
-        try:
+            return summarize_samples(self._sample(images, n_samples), templates if one_parameter else None)
+        with self.evaluating():
             parts = [summarize_flow(self.posterior, self._features(images[s:s + batch_size]), templates,
                                     nodes=nodes)
                      for s in range(0, images.shape[0], batch_size)]
             return PosteriorSummary.concat(parts)
-        finally:
-            self.train(was_training)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint(self, **extra) -> dict:

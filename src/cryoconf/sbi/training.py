@@ -167,13 +167,11 @@ def _validation_set(run_dir: Path, config: SBIConfig, simulator: SBISimulator, r
 
 @torch.no_grad()
 def _validation_loss(model: SBIModel, images, targets, device, batch: int) -> float:
-    was = model.training
-    model.eval()
     total = 0.0
-    for s in range(0, images.shape[0], batch):
-        lp = model.log_prob(targets[s:s + batch].to(device), images[s:s + batch].to(device))
-        total += float(-lp.double().sum())
-    model.train(was)
+    with model.evaluating():
+        for s in range(0, images.shape[0], batch):
+            lp = model.log_prob(targets[s:s + batch].to(device), images[s:s + batch].to(device))
+            total += float(-lp.double().sum())
     return total / images.shape[0]
 
 
