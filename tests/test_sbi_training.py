@@ -502,6 +502,75 @@ def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_
         train_sbi(_config(toy_ensemble), tmp_path / "bad2", init="latest", progress=False)
 
 
+def test_space_to_depth_cnn_starts_as_the_coarse_model():
+    """cnn with space_to_depth 2 on box 64, its weights adapted from a box-32 cnn: on an image of
+    2×2 blocks of equal pixels it computes exactly what the coarse model computes on the blocks."""
+    from cryoconf.sbi.embeddings import CompactCNN
+
+    torch.manual_seed(0)
+    params = {"channels": [8, 16], "hidden": 32, "out_features": 8}
+    coarse = CompactCNN(box=32, **params)
+    coarse.train()
+    for _ in range(3):  # batch-norm running statistics away from their initial values
+        coarse(3 * torch.randn(16, 32, 32) + 1)
+    fine = CompactCNN(box=64, space_to_depth=2, **params)
+    assert fine.features[0].weight.shape == (8, 4, 5, 5)
+    fine.load_state_dict(fine.adapt_weights(coarse.state_dict(), dict(params, channels=(8, 16)), 32))
+    coarse.eval(), fine.eval()
+    u = normalize_for_sbi(torch.randn(5, 32, 32))
+    blocks = u.repeat_interleave(2, -2).repeat_interleave(2, -1)  # (5, 64, 64)
+    torch.testing.assert_close(normalize_for_sbi(blocks), blocks)  # normalising commutes with the blocks
+    with torch.no_grad():
+        torch.testing.assert_close(fine(blocks), coarse(u), rtol=1e-5, atol=1e-5)
+        # a fine image is not made of blocks: the fine model sees its sub-pixels
+        assert not torch.allclose(fine(torch.randn(5, 64, 64)), fine(blocks))
+    # the sub-pixel channels of one coarse pixel: (y % 2)·2 + x % 2, all from the one coarse channel
+    torch.testing.assert_close(fine.features[0].weight, coarse.features[0].weight.repeat(1, 4, 1, 1) / 4)
+    with pytest.raises(InputError, match="channels differ"):
+        fine.adapt_weights(coarse.state_dict(), dict(params, channels=[8, 32]), 32)
+    with pytest.raises(InputError, match="needs weights from a box of 32 px"):
+        fine.adapt_weights(coarse.state_dict(), params, 16)
+    with pytest.raises(InputError, match="space_to_depth 3 must divide the box"):
+        CompactCNN(box=64, space_to_depth=3)
+    with pytest.raises(InputError, match="positive integer"):
+        CompactCNN(box=64, space_to_depth=0)
+
+
+def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
+    """--init from the box-32, 2 Å/px toy run into box 64 at 1 Å/px with space_to_depth 2: the flow and
+    every embedding layer but the stem are the source's; the model trains and freezes."""
+    config, result = trained
+    data = _config(toy_ensemble).to_dict()
+    data["image"].update(box=64, apix_A=1.0)
+    data["embedding"]["params"]["space_to_depth"] = 2
+    fine_config = SBIConfig.from_dict(data)
+    tuned = train_sbi(fine_config, tmp_path / "fine", init=result.run_dir, steps=0, progress=False)
+    a, b = SBIModel.load(result.checkpoint).state_dict(), tuned.model.state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        if key == "embedding.features.0.weight":
+            torch.testing.assert_close(b[key], a[key].repeat(1, 4, 1, 1) / 4)
+        else:
+            assert torch.equal(a[key], b[key]), key
+    # noise-free particles rendered at 1 Å/px: the adapted model already tells the templates apart
+    sim = SBISimulator.from_config(fine_config)
+    params, images = sim.simulate(100, torch.Generator().manual_seed(5))
+    with tuned.model.evaluating():
+        samples = tuned.model.sample(images, 100)[..., 0]
+    in_cell = ((samples > 0.5) == (params["theta"] > 0.5)[None]).float().mean()  # samples (S, B)
+    assert float(in_cell) > 0.9, float(in_cell)
+    res = train_sbi(fine_config, tmp_path / "fine", load="latest", steps=2, progress=False)
+    assert res.step == 2 and bool(torch.isfinite(res.model.freeze_for_inference().embed(images[:3])).all())
+    # another field of view, or an embedding that differs otherwise, is refused
+    data["image"].update(box=64, apix_A=1.5)
+    with pytest.raises(InputError, match="must keep its field of view"):
+        train_sbi(SBIConfig.from_dict(data), tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
+    data["image"].update(box=64, apix_A=1.0)
+    data["embedding"]["params"]["hidden"] = 48
+    with pytest.raises(InputError, match="hidden differ"):
+        train_sbi(SBIConfig.from_dict(data), tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
+
+
 def test_scan_finds_planted_particles(trained, toy_ensemble, tmp_path):
     """Dumbbells (θ = 1) planted in a weakly noisy micrograph: the posterior mean map is ≈ 1 there."""
     import mrcfile

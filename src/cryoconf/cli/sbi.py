@@ -35,6 +35,9 @@ starts a new run from the weights of another run (its newest checkpoint, or a
 checkpoint.N.pt) with the same templates, grid, embedding and flow: fine-tuning,
 e.g. on particles simulated at the data's sampling (image.simulation_box,
 image.simulation_apix_A) or with narrower priors; the optimiser starts afresh at step 0.
+A compact CNN may also move to a finer grid over the same field of view (e.g. box 64
+at 3 Å/px → box 128 at 1.5 Å/px with embedding.params.space_to_depth: 2): its stem is
+adapted to the finer pixels (configs/sbi_hsp90_box128_s2d.yaml).
 
 Multi-GPU: torchrun --nproc-per-node G -m cryoconf sbi train CONFIG -o RUN --device cuda
 """
@@ -49,7 +52,8 @@ def _register_train(sub) -> None:
                    help="resume: 'latest' (newest checkpoint in RUN) or a checkpoint file")
     p.add_argument("--init", default=None, metavar="RUN2|PATH",
                    help="start a new run from the weights of another run (its newest checkpoint) or of a "
-                        "checkpoint file: fine-tuning; same architecture, fresh optimiser, step 0")
+                        "checkpoint file: fine-tuning; same architecture (or a cnn moved to a finer grid), "
+                        "fresh optimiser, step 0")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides training.steps)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")

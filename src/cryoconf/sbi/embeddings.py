@@ -21,7 +21,14 @@ Built in:
   and a linear layer to ``out_features`` (cryoSBI: w = 64, 256 outputs, ≈ 11.3 M parameters).
 - ``cnn``: a compact CNN that trains quickly on a CPU: a 5×5 stride-2 stem, then per
   stage 2×2 max pooling and a 3×3 convolution (each with batch norm and ReLU), adaptive
-  average pooling to 4×4 and a two-layer MLP head.
+  average pooling to 4×4 and a two-layer MLP head. ``space_to_depth: s`` first folds
+  each s×s block of pixels into s² channels (lossless), so that a box-128 image costs
+  about what a box-64 one does while its fine pixels stay visible to the network.
+
+An embedding may define ``adapt_weights(state, old_params, old_box)``: it turns the
+weights of the same embedding built with other ``params`` or another ``box`` into
+weights for itself (or raises InputError). ``cryoconf sbi train --init`` uses it to
+start a model on a finer grid from one trained on a coarser grid.
 """
 
 from __future__ import annotations
@@ -81,6 +88,16 @@ def _as_batch(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W) → (B, 1, H, W); (B, C, H, W) unchanged. Written without control flow so that
     torch.fx can trace the embeddings (``SBIModel.freeze_for_inference``)."""
     return images.reshape(images.shape[0], -1, images.shape[-2], images.shape[-1])
+
+
+def _with_defaults(cls, params: dict) -> dict:
+    """``params`` of embedding ``cls`` completed with its constructor's defaults, lists for
+    tuples (so that a config read back from a checkpoint compares equal), ``box`` left out."""
+    sig = inspect.signature(cls.__init__)
+    full = {k: p.default for k, p in sig.parameters.items()
+            if k not in ("self", "box") and p.default is not inspect.Parameter.empty}
+    full.update(params)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
 
 
 class BasicBlock(nn.Module):
@@ -149,13 +166,22 @@ class CompactCNN(nn.Module):
     """
 
     def __init__(self, box: int | None = None, out_features: int = 256, channels: tuple = (16, 32, 64, 128),
-                 hidden: int = 256, pool_size: int = 4) -> None:
+                 hidden: int = 256, pool_size: int = 4, space_to_depth: int = 1) -> None:
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
             raise InputError(f"cnn: channels must be a non-empty list of positive widths, got {channels}")
+        if int(space_to_depth) != space_to_depth or space_to_depth < 1:
+            raise InputError(f"cnn: space_to_depth must be a positive integer (1 = off), got {space_to_depth}")
+        if box is not None and box % int(space_to_depth):
+            raise InputError(f"cnn: space_to_depth {space_to_depth} must divide the box ({box} px)")
         self.out_features = out_features
+        self.space_to_depth = int(space_to_depth)
+        self._box = box
+        self._params = {"out_features": out_features, "channels": channels, "hidden": hidden,
+                        "pool_size": pool_size, "space_to_depth": space_to_depth}
         c0 = int(channels[0])
-        layers = [nn.Conv2d(1, c0, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True)]
+        layers = [nn.Conv2d(self.space_to_depth**2, c0, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(c0),
+                  nn.ReLU(inplace=True)]
         cin = c0
         for c in channels[1:]:
             layers += [nn.MaxPool2d(2), nn.Conv2d(cin, int(c), 3, padding=1, bias=False), nn.BatchNorm2d(int(c)),
@@ -167,5 +193,42 @@ class CompactCNN(nn.Module):
                                   nn.Linear(hidden, out_features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(_as_batch(images)))
+        # (B, 1, H, W) → (B, s², H/s, W/s); s = 1 leaves the images as they are
+        x = nn.functional.pixel_unshuffle(_as_batch(images), self.space_to_depth)
+        x = self.pool(self.features(x))
         return self.head(torch.flatten(x, 1))
+
+    def adapt_weights(self, state: dict, old_params: dict, old_box: int | None) -> dict:
+        """Weights of a compact CNN on a coarser grid (the same field of view, ``old_box`` px,
+        ``space_to_depth`` s₀ in ``old_params``) → weights for this one (s = k·s₀, box = k·old_box).
+
+        Every layer is kept; only the stem's input channels change: each of the k² fine
+        sub-pixel channels that fold into one coarse channel gets that channel's weights / k².
+        On an image made of k×k blocks of equal pixels the new model then computes exactly
+        what the coarse model computes on the image of the blocks' values (a k×k mean is
+        about what resampling to the coarse grid gives), and training learns from the finer
+        pixels; batch norm's running statistics follow the finer images within a few
+        hundred steps. Other differences in ``params`` raise InputError.
+        """
+        old, mine = _with_defaults(type(self), old_params), _with_defaults(type(self), self._params)
+        s0 = int(old.pop("space_to_depth"))
+        mine.pop("space_to_depth")
+        differ = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if differ:
+            raise InputError("cnn: only space_to_depth may differ from the model whose weights are adapted; "
+                             f"{', '.join(differ)} differ")
+        if self.space_to_depth % s0:
+            raise InputError(f"cnn: space_to_depth {self.space_to_depth} is not a multiple of the other model's {s0}")
+        k = self.space_to_depth // s0
+        if old_box is not None and self._box is not None and self._box != old_box * k:
+            raise InputError(f"cnn: a box of {self._box} px with space_to_depth {self.space_to_depth} needs weights "
+                             f"from a box of {self._box // k} px with space_to_depth {s0}, not {old_box} px")
+        state = dict(state)
+        w = state["features.0.weight"]  # (c0, s0², 5, 5)
+        c0, _, kh, kw = w.shape
+        # channel index of a fine sub-pixel (y, x) under pixel_unshuffle(s): (y % s)·s + x % s;
+        # its coarse sub-pixel under s0 is ((y // k) % s0, (x // k) % s0)
+        s = self.space_to_depth
+        src = [((fy // k) % s0) * s0 + (fx // k) % s0 for fy in range(s) for fx in range(s)]
+        state["features.0.weight"] = w[:, src] / k**2
+        return state

@@ -106,7 +106,9 @@ def initial_weights(model: SBIModel, init) -> Path:
     """Load into ``model`` the weights of the checkpoint ``init`` names (a checkpoint.N.pt, or a run
     directory: its newest checkpoint) and return its path. The two models must have the same
     architecture, posterior parameters, bounds, templates and grid; otherwise an InputError lists
-    what differs."""
+    what differs. One exception: an embedding with ``adapt_weights`` (the compact CNN) may move
+    to a finer grid over the same field of view, e.g. box 64 at 3 Å/px → box 128 at 1.5 Å/px
+    with ``space_to_depth: 2``; it adapts the checkpoint's weights, the rest must match."""
     from cryoconf.rundir import resolve_checkpoint
 
     if str(init) == "latest":
@@ -119,6 +121,23 @@ def initial_weights(model: SBIModel, init) -> Path:
                                                                           "train that run first")) from None
     state = load_checkpoint(path, map_location="cpu")
     old, new = state["spec"], model.spec
+    weights = state["model_state"]
+    regrid = (old.get("box"), old.get("apix_A"), old.get("embedding")) != (new["box"], new["apix_A"], new["embedding"])
+    if regrid and old.get("embedding", {}).get("name") == new["embedding"]["name"] \
+            and hasattr(model.embedding, "adapt_weights"):
+        # a finer grid over the same field of view: the embedding adapts the coarse model's weights
+        fov_old, fov_new = old["box"] * old["apix_A"], new["box"] * new["apix_A"]
+        if not np.isclose(fov_old, fov_new, rtol=1e-6):
+            raise InputError(f"--init {init}: {path} was trained on box {old['box']} at {old['apix_A']:g} Å/px "
+                             f"({fov_old:g} Å), the config gives box {new['box']} at {new['apix_A']:g} Å/px "
+                             f"({fov_new:g} Å); a model moved to another grid must keep its field of view")
+        prefix = "embedding."
+        emb = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        emb = model.embedding.adapt_weights(emb, old["embedding"].get("params", {}), old["box"])
+        weights = {k: v for k, v in weights.items() if not k.startswith(prefix)} \
+            | {prefix + k: v for k, v in emb.items()}
+        old = {k: v for k, v in old.items() if k not in ("box", "apix_A", "embedding")}
+        new = {k: v for k, v in new.items() if k not in ("box", "apix_A", "embedding")}
     diffs = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -129,8 +148,9 @@ def initial_weights(model: SBIModel, init) -> Path:
     if diffs:
         raise InputError(f"--init {init}: the checkpoint's model differs from this config's in " + "; ".join(diffs)
                          + ". Fine-tuning needs the same templates, grid, posterior parameters and priors on them, "
-                         "embedding and flow")
-    model.load_state_dict(state["model_state"])
+                         "embedding and flow (or, for an embedding that can adapt its weights such as cnn with "
+                         "space_to_depth, a finer grid over the same field of view)")
+    model.load_state_dict(weights)
     return path
 
 
