@@ -539,7 +539,7 @@ def test_space_to_depth_cnn_starts_as_the_coarse_model():
 def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
     """--init from the box-32, 2 Å/px toy run into box 64 at 1 Å/px with space_to_depth 2: the flow and
     every embedding layer but the stem are the source's; the model trains and freezes."""
-    config, result = trained
+    result = trained[1]
     data = _config(toy_ensemble).to_dict()
     data["image"].update(box=64, apix_A=1.0)
     data["embedding"]["params"]["space_to_depth"] = 2
@@ -567,7 +567,7 @@ def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
         train_sbi(SBIConfig.from_dict(data), tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
     data["image"].update(box=64, apix_A=1.0)
     data["embedding"]["params"]["hidden"] = 48
-    with pytest.raises(InputError, match="hidden differ"):
+    with pytest.raises(InputError, match=r"--init .*cannot be adapted: cnn: only space_to_depth .*hidden differ"):
         train_sbi(SBIConfig.from_dict(data), tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
 
 

@@ -225,7 +225,6 @@ class CompactCNN(nn.Module):
                              f"from a box of {self._box // k} px with space_to_depth {s0}, not {old_box} px")
         state = dict(state)
         w = state["features.0.weight"]  # (c0, s0², 5, 5)
-        c0, _, kh, kw = w.shape
         # channel index of a fine sub-pixel (y, x) under pixel_unshuffle(s): (y % s)·s + x % s;
         # its coarse sub-pixel under s0 is ((y // k) % s0, (x // k) % s0)
         s = self.space_to_depth

@@ -133,7 +133,10 @@ def initial_weights(model: SBIModel, init) -> Path:
                              f"({fov_new:g} Å); a model moved to another grid must keep its field of view")
         prefix = "embedding."
         emb = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-        emb = model.embedding.adapt_weights(emb, old["embedding"].get("params", {}), old["box"])
+        try:
+            emb = model.embedding.adapt_weights(emb, old["embedding"].get("params", {}), old["box"])
+        except InputError as exc:
+            raise InputError(f"--init {init}: {path}'s embedding cannot be adapted: {exc}") from None
         weights = {k: v for k, v in weights.items() if not k.startswith(prefix)} \
             | {prefix + k: v for k, v in emb.items()}
         old = {k: v for k, v in old.items() if k not in ("box", "apix_A", "embedding")}
