@@ -231,6 +231,12 @@ def test_example_configs_are_valid():
     assert tuned.image.render_grid == (128, 1.5) and (tuned.image.box, tuned.image.apix_A) == (64, 3.0)
     assert tuned.image.snr_mask_radius_px == 64 and tuned.priors == base.priors
     assert (tuned.embedding, tuned.flow, tuned.posterior) == (base.embedding, base.flow, base.posterior)
+    # the box-128 config: the paper's grid rendered directly, the same cnn folding 2×2 blocks
+    fine = load_config(root / "sbi_hsp90_box128_s2d.yaml")
+    assert (fine.image.box, fine.image.apix_A) == (128, 1.5) and fine.image.render_grid == (128, 1.5)
+    assert fine.image.snr_mask_radius_px == 64 and fine.priors == tuned.priors
+    assert fine.embedding.params == dict(tuned.embedding.params, space_to_depth=2)
+    assert (fine.flow, fine.posterior) == (tuned.flow, tuned.posterior)
 
 
 # -- embeddings ---------------------------------------------------------------------------------
