@@ -63,6 +63,11 @@ def test_plan_crops_for_non_integer_ratio_and_keeps_the_centre():
     assert plan.crop_in < 256 and plan.box_resampled == round(plan.crop_in * 1.346 / 2.06)
     assert abs(plan.apix_A / 2.06 - 1) < 1e-4 and plan.fov_in_A >= 128 * 2.06 - 1e-6
     assert plan_resampling(256, 1.0, 128, 2.0).crop_in == 256  # exact: no crop
+    # identity only when nothing is cropped, resampled or windowed
+    same = plan_resampling(64, 3.0, 64, 3.0)
+    assert same.identity and not plan.identity and not plan_resampling(72, 3.0, 64, 3.0).identity
+    x = torch.randn(2, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(resample_particles(x, 3.0, 64, 3.0, plan=same)[0], x, rtol=0, atol=0)
     # a sub-pixel shift keeps the particle centre on the new centre pixel (box 99 → 33: centre 49 → 16)
     plan = plan_resampling(100, 1.0, 33, 3.0)
     assert (plan.crop_in, plan.box_resampled) == (99, 33)

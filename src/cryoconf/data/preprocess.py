@@ -85,6 +85,11 @@ class ResamplePlan:
     target_apix_A: float
 
     @property
+    def identity(self) -> bool:
+        """Whether the images come back as they are (no crop, resampling or window)."""
+        return self.box_in == self.crop_in == self.box_resampled == self.target_box
+
+    @property
     def fov_in_A(self) -> float:
         return self.crop_in * self.apix_in_A
 

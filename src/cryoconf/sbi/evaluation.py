@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from cryoconf.data.preprocess import resample_particles
+from cryoconf.data.preprocess import plan_resampling, resample_particles
 from cryoconf.errors import InputError
 from cryoconf.sbi.calibration import calibrate_samples
 from cryoconf.sbi.model import SBIModel
@@ -56,10 +56,9 @@ def to_model_grid(model: SBIModel, simulator: SBISimulator, images: torch.Tensor
         raise InputError(f"the particle simulator's templates (θ {theta_sim.min():.4g}…{theta_sim.max():.4g}, "
                          f"{theta_sim.size} templates) are not the model's ({theta_model.size} templates); "
                          "simulate the particles from the ensemble the model was trained on")
-    box, apix = simulator.box, simulator.apix_A
-    if box == model.box and abs(apix - model.spec["apix_A"]) <= 1e-6 * apix:
-        return images
-    return resample_particles(images, apix, model.box, model.spec["apix_A"])[0]
+    plan = plan_resampling(simulator.box, simulator.apix_A, model.box, model.spec["apix_A"])
+    return images if plan.identity else resample_particles(images, simulator.apix_A, model.box, model.spec["apix_A"],
+                                                           plan=plan)[0]
 
 
 def evaluate_posterior(model: SBIModel, simulator: SBISimulator, n: int = 2000, *, snr: float | None = None,

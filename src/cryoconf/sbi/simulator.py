@@ -100,9 +100,8 @@ class SBISimulator:
         self.image = image
         self.box, self.apix_A = image.box, image.apix_A                 # the images returned (model grid)
         self.render_box, self.render_apix_A = image.render_grid          # the grid they are rendered on
-        self.resamples = self.render_box != self.box or abs(self.render_apix_A - self.apix_A) > 1e-6 * self.apix_A
-        self._plan = plan_resampling(self.render_box, self.render_apix_A, self.box, self.apix_A) \
-            if self.resamples else None
+        self._plan = plan_resampling(self.render_box, self.render_apix_A, self.box, self.apix_A)
+        self.resamples = not self._plan.identity
         self.chunk_size = chunk_size
         self.workspace = RenderWorkspace()
 
