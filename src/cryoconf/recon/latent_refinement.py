@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from cryoconf.errors import InputError
+from cryoconf.module_modes import evaluating
 
 __all__ = ["refine_latents", "latent_energy"]
 
@@ -42,36 +43,34 @@ def refine_latents(model, batch: dict, z0: torch.Tensor, *, steps: int = 50, lr:
     """
     if steps < 0 or lr <= 0:
         raise InputError(f"latent refinement needs steps ≥ 0 and lr > 0, got steps={steps}, lr={lr}")
-    was = model.training
-    model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        with torch.no_grad():
-            if data is None:
-                data = model.prepare(batch)[0]
-            best_z = z0.detach().clone()
-            best_e = latent_energy(model, batch, data, best_z)
-        z = best_z.clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            with torch.enable_grad():
-                energy = latent_energy(model, batch, data, z)
-                opt.zero_grad(set_to_none=True)
-                energy.sum().backward()  # particles are independent: the sum's gradient is each one's own
+        with evaluating(model):
             with torch.no_grad():
-                better = energy < best_e  # the energy of the current z, before the step
-                best_e = torch.where(better, energy, best_e)
+                if data is None:
+                    data = model.prepare(batch)[0]
+                best_z = z0.detach().clone()
+                best_e = latent_energy(model, batch, data, best_z)
+            z = best_z.clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for _ in range(steps):
+                with torch.enable_grad():
+                    energy = latent_energy(model, batch, data, z)
+                    opt.zero_grad(set_to_none=True)
+                    energy.sum().backward()  # particles are independent: the sum's gradient is each one's own
+                with torch.no_grad():
+                    better = energy < best_e  # the energy of the current z, before the step
+                    best_e = torch.where(better, energy, best_e)
+                    best_z[better] = z[better]
+                opt.step()
+            with torch.no_grad():
+                last = latent_energy(model, batch, data, z)
+                better = last < best_e
+                best_e = torch.where(better, last, best_e)
                 best_z[better] = z[better]
-            opt.step()
-        with torch.no_grad():
-            last = latent_energy(model, batch, data, z)
-            better = last < best_e
-            best_e = torch.where(better, last, best_e)
-            best_z[better] = z[better]
-        return best_z.detach(), best_e.detach()
+            return best_z.detach(), best_e.detach()
     finally:
         for p in params:
             p.requires_grad_(True)
-        model.train(was)

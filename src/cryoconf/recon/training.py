@@ -28,6 +28,7 @@ import torch
 
 from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
+from cryoconf.module_modes import evaluating
 from cryoconf.recon.config import RESUMABLE_CHANGES, ReconConfig
 from cryoconf.recon.data import ReconParticles
 from cryoconf.recon.model import LOSS_TERMS, ReconModel
@@ -119,19 +120,17 @@ def encode_particles(model: ReconModel, particles: ReconParticles, positions=Non
 
     positions = np.arange(len(particles)) if positions is None else np.asarray(positions)
     dev = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
     out = []
     desc = f"encode + refine z ({refine_steps} steps)" if refine_steps > 0 else "encode"
-    for s in tqdm(range(0, positions.size, batch_size), desc=desc, disable=not progress):
-        b = particles.batch(positions[s:s + batch_size], device=dev)
-        with torch.no_grad():
-            data, enc_in = model.prepare(b)
-            mu = model.encode(enc_in)[0]
-        if refine_steps > 0:
-            mu = refine_latents(model, b, mu, steps=refine_steps, lr=refine_lr, data=data)[0]
-        out.append(mu.cpu())
-    model.train(was)
+    with evaluating(model):
+        for s in tqdm(range(0, positions.size, batch_size), desc=desc, disable=not progress):
+            b = particles.batch(positions[s:s + batch_size], device=dev)
+            with torch.no_grad():
+                data, enc_in = model.prepare(b)
+                mu = model.encode(enc_in)[0]
+            if refine_steps > 0:
+                mu = refine_latents(model, b, mu, steps=refine_steps, lr=refine_lr, data=data)[0]
+            out.append(mu.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.latent_dim), np.float32)
 
 

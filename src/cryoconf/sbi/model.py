@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cryoconf.errors import InputError, all_finite
+from cryoconf.module_modes import evaluating
 from cryoconf.sbi.embeddings import build_embedding
 from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
 from cryoconf.sbi.posterior import BoundedFlow
@@ -187,12 +188,8 @@ class SBIModel(nn.Module):
         """Eval mode for the block, the previous mode restored afterwards: batch-norm layers use
         their running statistics (a posterior or an embedding must not depend on which particles
         share its batch, nor update those statistics), and the frozen embedding runs."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             yield self
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def sample(self, images, n: int, *, batch_size: int | None = None, max_elements: int = 2**22) -> torch.Tensor:
