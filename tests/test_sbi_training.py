@@ -237,6 +237,12 @@ def test_example_configs_are_valid():
     assert fine.image.snr_mask_radius_px == 64 and fine.priors == tuned.priors
     assert fine.embedding.params == dict(tuned.embedding.params, space_to_depth=2)
     assert (fine.flow, fine.posterior) == (tuned.flow, tuned.posterior)
+    # its second fine-tuning: the same model and priors, other particles (seed), a lower rate
+    again = load_config(root / "sbi_hsp90_box128_s2d_ft.yaml")
+    assert (again.image, again.priors, again.embedding, again.flow, again.posterior) == (
+        fine.image, fine.priors, fine.embedding, fine.flow, fine.posterior)
+    assert again.training.seed != fine.training.seed
+    assert again.training.lr < fine.training.lr and again.training.lr_final < fine.training.lr_final
 
 
 # -- embeddings ---------------------------------------------------------------------------------
