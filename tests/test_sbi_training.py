@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from cryoconf.errors import InputError
+from cryoconf.module_modes import evaluating
 from cryoconf.sbi import (
     SBIConfig, SBIModel, SBISimulator, TemplatePrior, build_embedding, load_config, normalize_for_sbi,
     register_embedding, train_sbi,
@@ -506,8 +507,9 @@ def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_
         train_sbi(other, tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
     with pytest.raises(InputError, match="give one of them"):
         train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, load="latest", progress=False)
-    with pytest.raises(InputError, match=r"--init .*missing\.pt: no such checkpoint file"):
+    with pytest.raises(InputError, match=r"--init .*missing\.pt: no such checkpoint file") as err:
         train_sbi(_config(toy_ensemble), tmp_path / "bad3", init=tmp_path / "missing.pt", progress=False)
+    assert "latest" not in str(err.value) and "--load" not in str(err.value)  # --init cannot be 'latest'
     with pytest.raises(InputError, match=r"--init .*no checkpoint.N.pt in .*train that run first"):
         train_sbi(_config(toy_ensemble), tmp_path / "bad4", init=tmp_path, progress=False)
     with pytest.raises(InputError, match="--init latest"):
@@ -567,7 +569,7 @@ def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
     # noise-free particles rendered at 1 Å/px: the adapted model already tells the templates apart
     sim = SBISimulator.from_config(fine_config)
     params, images = sim.simulate(100, torch.Generator().manual_seed(5))
-    with tuned.model.evaluating():
+    with evaluating(tuned.model):
         samples = tuned.model.sample(images, 100)[..., 0]
     in_cell = ((samples > 0.5) == (params["theta"] > 0.5)[None]).float().mean()  # samples (S, B)
     assert float(in_cell) > 0.9, float(in_cell)

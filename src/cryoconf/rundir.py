@@ -105,20 +105,24 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_checkpoint(load, run_dir) -> Path | None:
-    """What ``--load`` names: None → None; ``latest`` → the newest checkpoint of ``run_dir``;
-    a directory → its newest checkpoint; otherwise a checkpoint file."""
+def resolve_checkpoint(load, run_dir, *, option: str = "--load") -> Path | None:
+    """What ``--load`` (or ``option``, e.g. ``--init``, named in the errors) names: None → None;
+    ``latest`` → the newest checkpoint of ``run_dir``; a directory → its newest checkpoint;
+    otherwise a checkpoint file."""
     if load is None:
         return None
     if str(load) == "latest" or Path(load).is_dir():
         where = Path(run_dir) if str(load) == "latest" else Path(load)
         found = list_checkpoints(where)
         if not found:
-            raise InputError(f"--load {load}: no checkpoint.N.pt in {where}; train without --load first")
+            todo = f"train without {option} first" if str(load) == "latest" else "train that run first"
+            raise InputError(f"{option} {load}: no checkpoint.N.pt in {where}; {todo}")
         return found[-1][1]
     path = Path(load)
     if not path.is_file():
-        raise InputError(f"--load {load}: no such checkpoint file; give 'latest' or a checkpoint.N.pt path")
+        latest = "'latest', " if option == "--load" else ""
+        raise InputError(f"{option} {load}: no such checkpoint file; give {latest}a run directory or a "
+                         "checkpoint.N.pt path")
     return path
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from cryoconf.data import load_particles, write_relion31_star
 from cryoconf.data.preprocess import estimate_dataset_psd, prepare_dataset_batch
 from cryoconf.errors import InputError
+from cryoconf.module_modes import evaluating
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import normalize_for_sbi
 from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summary_columns
@@ -122,7 +123,7 @@ def infer_dataset(
 def posterior_density(model: SBIModel, grid: np.ndarray, images) -> np.ndarray:
     """q(θ | image) (G, k) of a one-parameter model at θ ``grid`` (G,) for ``images`` (k, box, box)."""
     theta = torch.as_tensor(grid, dtype=torch.float32)[:, None, None].expand(-1, len(images), 1)
-    with model.evaluating():  # batch norm with its running statistics (training mode would update them)
+    with evaluating(model):  # batch norm with its running statistics (training mode would update them)
         return model.log_prob(theta, images).exp().cpu().numpy()
 
 

@@ -12,6 +12,7 @@ import torch
 
 from cryoconf.data import load_particles
 from cryoconf.data.preprocess import estimate_dataset_psd, prepare_dataset_batch
+from cryoconf.module_modes import evaluating
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator, normalize_for_sbi
 
@@ -29,7 +30,7 @@ def embed_particles(model: SBIModel, particles, *, datadir=None, ind=None, apix=
         positions = np.sort(np.random.default_rng(seed).choice(positions, max_particles, replace=False))
     psd = estimate_dataset_psd(dataset, model.box, model.spec["apix_A"]) if whiten else None
     out = []
-    with model.evaluating():
+    with evaluating(model):
         for s in range(0, len(positions), batch_size):
             batch = prepare_dataset_batch(dataset, positions[s:s + batch_size], model.box, model.spec["apix_A"],
                                           noise_psd=psd, normalize=normalize_for_sbi)
@@ -44,7 +45,7 @@ def embed_simulated(model: SBIModel, simulator: SBISimulator, n: int, *, seed: i
     in eval mode."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    with model.evaluating():
+    with evaluating(model):
         for s in range(0, n, batch_size):
             params = simulator.sample_parameters(min(batch_size, n - s), g)
             out.append(model.embed(simulator.render(params, g, ctf=ctf)).cpu())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -183,14 +182,6 @@ class SBIModel(nn.Module):
     def forward(self, theta, images) -> torch.Tensor:  # what DistributedDataParallel calls
         return self.log_prob(theta, images)
 
-    @contextmanager
-    def evaluating(self):
-        """Eval mode for the block, the previous mode restored afterwards: batch-norm layers use
-        their running statistics (a posterior or an embedding must not depend on which particles
-        share its batch, nor update those statistics), and the frozen embedding runs."""
-        with evaluating(self):
-            yield self
-
     @torch.no_grad()
     def sample(self, images, n: int, *, batch_size: int | None = None, max_elements: int = 2**22) -> torch.Tensor:
         """``n`` posterior samples per image: (n, B, D), each inside the prior bounds.
@@ -205,7 +196,7 @@ class SBIModel(nn.Module):
         """:meth:`sample` of images that :meth:`_check_images` has already checked."""
         if n < 1:
             raise InputError(f"number of samples must be ≥ 1, got {n}")
-        with self.evaluating():
+        with evaluating(self):
             chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
             out = [self.posterior.sample(n, self._features(images[s:s + chunk]))
                    for s in range(0, images.shape[0], chunk)]
@@ -240,7 +231,7 @@ class SBIModel(nn.Module):
             templates = self.spec["template_theta"]
         if self.summary_method(method) == "samples":
             return summarize_samples(self._sample(images, n_samples), templates if one_parameter else None)
-        with self.evaluating():
+        with evaluating(self):
             parts = [summarize_flow(self.posterior, self._features(images[s:s + batch_size]), templates,
                                     nodes=nodes)
                      for s in range(0, images.shape[0], batch_size)]

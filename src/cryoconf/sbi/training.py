@@ -31,6 +31,7 @@ import torch
 
 from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
+from cryoconf.module_modes import evaluating
 from cryoconf.rundir import (
     LossCurve, capture_rng_state, list_checkpoints, restore_rng_state,
     run_log, save_checkpoint, write_config,
@@ -114,11 +115,7 @@ def initial_weights(model: SBIModel, init) -> Path:
     if str(init) == "latest":
         raise InputError("--init latest: name the run directory or checkpoint to start from; "
                          "to resume this run use --load latest")
-    try:
-        path = resolve_checkpoint(init, init)
-    except InputError as exc:  # its message names --load
-        raise InputError(str(exc).replace("--load", "--init", 1).replace("train without --load first",
-                                                                          "train that run first")) from None
+    path = resolve_checkpoint(init, init, option="--init")
     state = load_checkpoint(path, map_location="cpu")
     old, new = state["spec"], model.spec
     weights = state["model_state"]
@@ -191,7 +188,7 @@ def _validation_set(run_dir: Path, config: SBIConfig, simulator: SBISimulator, r
 @torch.no_grad()
 def _validation_loss(model: SBIModel, images, targets, device, batch: int) -> float:
     total = 0.0
-    with model.evaluating():
+    with evaluating(model):
         for s in range(0, images.shape[0], batch):
             lp = model.log_prob(targets[s:s + batch].to(device), images[s:s + batch].to(device))
             total += float(-lp.double().sum())
