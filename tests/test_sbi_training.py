@@ -8,7 +8,6 @@ import torch
 import yaml
 
 from cryoconf.errors import InputError
-from cryoconf.module_modes import evaluating
 from cryoconf.sbi import (
     SBIConfig, SBIModel, SBISimulator, TemplatePrior, build_embedding, load_config, normalize_for_sbi,
     register_embedding, train_sbi,
@@ -569,8 +568,7 @@ def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
     # noise-free particles rendered at 1 Å/px: the adapted model already tells the templates apart
     sim = SBISimulator.from_config(fine_config)
     params, images = sim.simulate(100, torch.Generator().manual_seed(5))
-    with evaluating(tuned.model):
-        samples = tuned.model.sample(images, 100)[..., 0]
+    samples = tuned.model.sample(images, 100)[..., 0]  # sample() runs in eval mode
     in_cell = ((samples > 0.5) == (params["theta"] > 0.5)[None]).float().mean()  # samples (S, B)
     assert float(in_cell) > 0.9, float(in_cell)
     res = train_sbi(fine_config, tmp_path / "fine", load="latest", steps=2, progress=False)

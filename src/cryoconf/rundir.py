@@ -105,23 +105,27 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_checkpoint(load, run_dir, *, option: str = "--load") -> Path | None:
+def resolve_checkpoint(load, run_dir=None, *, option: str = "--load") -> Path | None:
     """What ``--load`` (or ``option``, e.g. ``--init``, named in the errors) names: None → None;
-    ``latest`` → the newest checkpoint of ``run_dir``; a directory → its newest checkpoint;
-    otherwise a checkpoint file."""
+    ``latest`` → the newest checkpoint of ``run_dir`` (refused without a ``run_dir``); a
+    directory → its newest checkpoint; otherwise a checkpoint file."""
     if load is None:
         return None
-    if str(load) == "latest" or Path(load).is_dir():
-        where = Path(run_dir) if str(load) == "latest" else Path(load)
+    latest = str(load) == "latest"
+    if latest and run_dir is None:
+        raise InputError(f"{option} latest: name the run directory or checkpoint to start from; "
+                         "to resume this run use --load latest")
+    if latest or Path(load).is_dir():
+        where = Path(run_dir) if latest else Path(load)
         found = list_checkpoints(where)
         if not found:
-            todo = f"train without {option} first" if str(load) == "latest" else "train that run first"
+            todo = f"train without {option} first" if latest else "train that run first"
             raise InputError(f"{option} {load}: no checkpoint.N.pt in {where}; {todo}")
         return found[-1][1]
     path = Path(load)
     if not path.is_file():
-        latest = "'latest', " if option == "--load" else ""
-        raise InputError(f"{option} {load}: no such checkpoint file; give {latest}a run directory or a "
+        offer = "'latest', " if run_dir is not None else ""
+        raise InputError(f"{option} {load}: no such checkpoint file; give {offer}a run directory or a "
                          "checkpoint.N.pt path")
     return path
 

@@ -112,10 +112,7 @@ def initial_weights(model: SBIModel, init) -> Path:
     with ``space_to_depth: 2``; it adapts the checkpoint's weights, the rest must match."""
     from cryoconf.rundir import resolve_checkpoint
 
-    if str(init) == "latest":
-        raise InputError("--init latest: name the run directory or checkpoint to start from; "
-                         "to resume this run use --load latest")
-    path = resolve_checkpoint(init, init, option="--init")
+    path = resolve_checkpoint(init, option="--init")  # no run directory: 'latest' is refused
     state = load_checkpoint(path, map_location="cpu")
     old, new = state["spec"], model.spec
     weights = state["model_state"]
