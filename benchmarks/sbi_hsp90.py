@@ -40,6 +40,10 @@ inside the inscribed circle, as in the paper)::
    projections, shared by the batch, plus scoring).
 3. The training budget read from the run directory (steps, seconds, device).
 
+``--symmetrize``: the posterior pooled over the 8 rotations and mirrors of each image
+(``cryoconf sbi symmetrize RUN`` fits its temperature first; docs/sbi.md); the baseline
+comparison then times the plain flow on the same particles too (``npe_plain_*``).
+
 Plots (``--plots DIR``): sampled θ vs true θ at each SNR, coloured by the posterior std
 (the paper's Fig. 2C), and NPE vs baseline posterior means.
 """
@@ -69,6 +73,7 @@ from cryoconf.sbi.evaluation import (
 )
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
+from cryoconf.sbi.symmetry import load_symmetry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,6 +245,8 @@ def main() -> None:
                     help="also evaluate on particles simulated with this config (the paper's box 128 at 1.5 Å/px, "
                     "SNR defined on that grid) and resampled to the model's grid as `sbi infer` does; the baseline "
                     "comparison then uses them ('none': only the model's own grid)")
+    ap.add_argument("--symmetrize", action="store_true",
+                    help="evaluate the D4-pooled posterior (RUN/symmetry.json from `cryoconf sbi symmetrize RUN`)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="also write the JSON here")
@@ -259,6 +266,9 @@ def main() -> None:
            "embedding": config.embedding.name, "snr_definition": config.image.snr_definition,
            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "device": args.device, "training": training_budget(run)}
+    if args.symmetrize:
+        model.use_symmetry(load_symmetry(run, ckpt))
+        out["symmetrized"] = {"group": "D4", "temperature": model.pooled.temperature, "fit": str(run / "symmetry.json")}
     paper = None
     if args.paper_config.lower() != "none":
         paper = SBISimulator.from_config(load_config(args.paper_config), device=args.device)
@@ -291,6 +301,11 @@ def main() -> None:
         prepare = lambda x: to_model_grid(model, source, x)
         npe_m, npe_s, npe_t, npe_t_sampled, npe_within, npe_m_sampled = npe_means(model, images, prepare, args.samples,
                                                                                   truth, args.tolerance)
+        if model.pooled is not None:  # the plain flow on the same particles, for its speed
+            tau = model.pooled.temperature
+            plain_m, _, plain_t, plain_t_sampled, plain_within, _ = npe_means(model.use_symmetry(None), images, prepare,
+                                                                             args.samples, truth, args.tolerance)
+            model.use_symmetry(tau)
         cmp = {
             "particles": args.baseline_particles, "snr": args.baseline_snr,
             "particles_box": source.render_box, "particles_apix_A": source.render_apix_A, "npe_samples": args.samples,
@@ -309,8 +324,14 @@ def main() -> None:
         # the baseline at the particles' own sampling (the paper's comparison) ...
         figures, base_m = baseline_figures(source, theta, params, images, truth, npe_m, npe_t, npe_t_sampled, args)
         cmp.update(figures)
+        if model.pooled is not None:
+            base_t = figures["baseline_seconds_per_particle"]
+            cmp.update({"npe_plain_mean_rmse_vs_truth_A": round(rms(plain_m - truth), 4),
+                        "npe_plain_fraction_within_tolerance": round(float(plain_within.mean()), 4),
+                        "npe_plain_seconds_per_particle": plain_t, "npe_plain_seconds_per_particle_sampled": plain_t_sampled,
+                        "speedup_plain": round(base_t / plain_t, 1), "speedup_plain_sampled": round(base_t / plain_t_sampled, 1)})
         comparison = {"npe": npe_m, "baseline": base_m, "truth": truth}
-        if source is not simulator:  # ... and on the particles resampled to the model's grid (fewer pixels: faster)
+        if (source.box, source.apix_A) != (simulator.box, simulator.apix_A):  # ... and resampled to the model's grid
             cmp["baseline_on_model_grid"], _ = baseline_figures(simulator, theta, params, prepare(images), truth,
                                                                 npe_m, npe_t, npe_t_sampled, args)
         out["baseline_comparison"] = cmp

@@ -677,3 +677,37 @@ def test_mmd_tells_another_structure_from_the_templates(trained, toy_ensemble, t
     assert report["p_value"] < 0.01 and report["b"].endswith("rod.npz")
     assert main(["sbi", "mmd", str(run_dir), "sim:1", "sim:2:/nonexistent.pdb", "-o", str(tmp_path / "x"),
                  "-n", "8"]) == 2
+
+
+def test_cli_symmetrize_then_symmetrized_infer_and_calibrate(trained, toy_ensemble, tmp_path, capsys):
+    """`sbi symmetrize` writes the fitted temperature; `--symmetrize` uses it and refuses a run without it."""
+    import json
+    import shutil
+
+    from cryoconf.cli.main import main
+
+    _, run_dir = _trained_model(trained)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    parts = tmp_path / "parts"
+    assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "12", "--box", "32", "--apix", "2.0",
+                 "--snr", "inf", "--defocus", "10000", "15000", "--no-progress", "--seed", "5"]) == 0
+    assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "x"), "--symmetrize",
+                 "--no-progress"]) == 2
+    assert "cryoconf sbi symmetrize" in capsys.readouterr().err
+    assert main(["sbi", "symmetrize", str(run), "-n", "64", "--no-progress"]) == 0
+    record = json.loads((run / "symmetry.json").read_text())
+    assert record["checkpoint"] == "checkpoint.150.pt" and 0.25 <= record["temperature"] <= 4.0
+    assert record["nll_pooled"] <= record["nll_pooled_temperature_1"] + 1e-9
+    assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "inf"),
+                 "--symmetrize", "--no-whiten", "--samples", "200", "--no-progress"]) == 0
+    summary = np.load(tmp_path / "inf" / "posterior.npz")
+    assert str(summary["summary_method"]).startswith("D4-pooled")
+    truth = np.load(parts / "truth.npz")["conformation"]
+    assert (summary["cryoconfTemplateIndex"] == truth).mean() >= 0.8
+    assert main(["sbi", "calibrate", str(run), "-o", str(tmp_path / "cal"), "-n", "48", "--samples", "100",
+                 "--snr", "1e30", "--tolerance", "0.5", "--symmetrize"]) == 0
+    assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["fraction_within_tolerance"] > 0.6
+    assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "y"), "--symmetrize",
+                 "--load", str(run / "checkpoint.75.pt"), "--no-progress"]) == 2
+    assert "fitted for checkpoint.150.pt" in capsys.readouterr().err

@@ -111,13 +111,21 @@ class SBIModel(nn.Module):
         """
         return self._features(self._check_images(images))
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`embed` of images that :meth:`_check_images` has already checked."""
+    def _features(self, images: torch.Tensor, transform=None) -> torch.Tensor:
+        """:meth:`embed` of images that :meth:`_check_images` has already checked.
+
+        ``transform``: applied to the normalised images (B, box, box) before the embedding,
+        e.g. :func:`~cryoconf.sbi.symmetry.dihedral_images` (pixel permutations, which the
+        per-image normalisation commutes with); its output's leading dimensions are flattened.
+        """
         net = self.embedding
         frozen = self.__dict__.get("_frozen_embedding")
         if frozen is not None and not self.training:
             net = frozen
-        return net(normalize_for_sbi(images))
+        x = normalize_for_sbi(images)
+        if transform is not None:
+            x = transform(x).reshape(-1, *x.shape[-2:])
+        return net(x)
 
     @torch.no_grad()
     def freeze_for_inference(self) -> "SBIModel":
@@ -158,7 +166,26 @@ class SBIModel(nn.Module):
     def train(self, mode: bool = True) -> "SBIModel":
         if mode:
             self.__dict__["_frozen_embedding"] = None
+            self.__dict__["_pooled"] = None
         return super().train(mode)
+
+    def use_symmetry(self, temperature: float | None) -> "SBIModel":
+        """Answer with the D4-pooled posterior (:mod:`cryoconf.sbi.symmetry`) at ``temperature``
+        from now on (``None``: the plain flow again); one-parameter models. Returns ``self``.
+
+        :meth:`log_prob`, :meth:`sample` and :meth:`summarize` then pool the flow over the
+        eight dihedral transforms of each image (eight embeddings per image, no gradients);
+        training mode drops it.
+        """
+        from cryoconf.sbi.symmetry import PooledPosterior
+
+        self.__dict__["_pooled"] = None if temperature is None else PooledPosterior(self, temperature)
+        return self
+
+    @property
+    def pooled(self):
+        """The :class:`~cryoconf.sbi.symmetry.PooledPosterior` in use, or ``None``."""
+        return self.__dict__.get("_pooled")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.__dict__["_frozen_embedding"] = None
@@ -176,6 +203,12 @@ class SBIModel(nn.Module):
 
     def log_prob(self, theta, images) -> torch.Tensor:
         """log q(θ | I): θ (…, B, D) (or (B,) when D = 1), images (B, box, box) → (…, B)."""
+        if self.pooled is not None:
+            images = self._check_images(images)
+            t = self._theta(theta, images.shape[0])
+            with evaluating(self):
+                lp = self.pooled.log_prob(t.reshape(-1, images.shape[0]), images)
+            return lp.reshape(t.shape[:-1]).to(t.dtype)
         context = self.embed(images)
         return self.posterior.log_prob(self._theta(theta, context.shape[0]), context)
 
@@ -198,6 +231,11 @@ class SBIModel(nn.Module):
             raise InputError(f"number of samples must be ≥ 1, got {n}")
         with evaluating(self):
             chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
+            if self.pooled is not None:
+                chunk = min(chunk, 512)  # eight embeddings and ~350 flow nodes per image
+                out = [self.pooled.grid(images[s:s + chunk]).sample(n).float()[..., None]
+                       for s in range(0, images.shape[0], chunk)]
+                return torch.cat(out, dim=1)
             out = [self.posterior.sample(n, self._features(images[s:s + chunk]))
                    for s in range(0, images.shape[0], chunk)]
             return torch.cat(out, dim=1)
@@ -232,6 +270,10 @@ class SBIModel(nn.Module):
         if self.summary_method(method) == "samples":
             return summarize_samples(self._sample(images, n_samples), templates if one_parameter else None)
         with evaluating(self):
+            if self.pooled is not None:
+                parts = [self.pooled.grid(images[s:s + 512]).summarize(templates)
+                         for s in range(0, images.shape[0], 512)]
+                return PosteriorSummary.concat(parts)
             parts = [summarize_flow(self.posterior, self._features(images[s:s + batch_size]), templates,
                                     nodes=nodes)
                      for s in range(0, images.shape[0], batch_size)]

@@ -62,8 +62,13 @@ class BoundedFlow(nn.Module):
         low, high = self.low.double(), self.high.double()
         u = ((theta.double() - low) / (high - low)).clamp(1e-7, 1 - 1e-7)
         z = torch.special.ndtri(u)
-        log_jac = -(torch.log(high - low) - 0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return z.to(theta.dtype), log_jac.to(theta.dtype)
+        return z.to(theta.dtype), self.log_dz_dtheta(z).to(theta.dtype)
+
+    def log_dz_dtheta(self, z: torch.Tensor) -> torch.Tensor:
+        """log |dz/dθ| summed over dimensions, at z (…, D) (no clamping: any z)."""
+        width = (self.high.double() - self.low.double()).to(z.device)
+        z = z.double()
+        return -(torch.log(width) - 0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def to_bounded(self, z: torch.Tensor) -> torch.Tensor:
         """θ = a + (b − a)·Φ(z), clamped into [a, b] against rounding."""
@@ -134,6 +139,10 @@ class BoundedFlow(nn.Module):
         inverses run per particle row as in :meth:`sample` (``spline_sampling.row_splines``).
         ``dist`` as in :meth:`cdf`.
         """
+        return self.to_bounded(self.quantile_z(levels, context, dist=dist)).T.contiguous()
+
+    def quantile_z(self, levels, context: torch.Tensor, *, dist=None) -> torch.Tensor:
+        """:meth:`quantile` in the unbounded variable z = Φ⁻¹((θ − a)/(b − a)): (B, L)."""
         self._one_parameter("quantile")
         p = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
         if p.numel() < 1 or bool(((p <= 0) | (p >= 1)).any()):
@@ -147,4 +156,4 @@ class BoundedFlow(nn.Module):
                 z = rqs_compose_inverse(y.to(knots[0][0].dtype), knots)  # (B, L)
         else:
             z = dist.transform.inv(y.T[..., None])[..., 0].T
-        return self.to_bounded(z).T.contiguous()
+        return z
