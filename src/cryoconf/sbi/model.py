@@ -5,6 +5,8 @@ them and conditions the flow on the features (``log_prob``, ``sample``, and for 
 parameter ``summarize``: summaries from the flow without sampling). Checkpoints (``save``/``load``) hold the
 model's specification (enough to rebuild it without the template files), its weights,
 and optionally the full training config, optimiser state, step and RNG states.
+:meth:`SBIModel.use_symmetry` switches the three operations to the posterior pooled over
+the image's eight rotations and mirrors (:mod:`cryoconf.sbi.symmetry`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "cryoconf-sbi/1"
 SUMMARY_METHODS = ("auto", "flow", "samples")  # SBIModel.summarize, `sbi infer --summaries`
+POOLED_CHUNK = 512  # images per pass of the pooled posterior: eight embeddings and ~300 nodes × 8 flows each
 
 log = logging.getLogger("cryoconf.sbi")
 
@@ -232,7 +235,7 @@ class SBIModel(nn.Module):
         with evaluating(self):
             chunk = batch_size or max(1, min(images.shape[0], max_elements // max(n, 1)))
             if self.pooled is not None:
-                chunk = min(chunk, 512)  # eight embeddings and ~350 flow nodes per image
+                chunk = min(chunk, POOLED_CHUNK)
                 out = [self.pooled.grid(images[s:s + chunk]).sample(n).float()[..., None]
                        for s in range(0, images.shape[0], chunk)]
                 return torch.cat(out, dim=1)
@@ -271,8 +274,9 @@ class SBIModel(nn.Module):
             return summarize_samples(self._sample(images, n_samples), templates if one_parameter else None)
         with evaluating(self):
             if self.pooled is not None:
-                parts = [self.pooled.grid(images[s:s + 512]).summarize(templates)
-                         for s in range(0, images.shape[0], 512)]
+                step = min(batch_size, POOLED_CHUNK)
+                parts = [self.pooled.grid(images[s:s + step]).summarize(templates)
+                         for s in range(0, images.shape[0], step)]
                 return PosteriorSummary.concat(parts)
             parts = [summarize_flow(self.posterior, self._features(images[s:s + batch_size]), templates,
                                     nodes=nodes)
