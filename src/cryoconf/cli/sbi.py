@@ -106,7 +106,7 @@ def _load_model(run: str, load: str, device: str, symmetrize: bool = False):
 def _add_symmetrize_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetrize", action="store_true",
                    help="pool the posterior over the 8 rotations and mirrors of each image, at the temperature "
-                   "that `cryoconf sbi symmetrize RUN` fitted (θ alone; more accurate, ~8× the cost)")
+                   "that `cryoconf sbi symmetrize RUN` fitted (θ alone; more accurate, ~10× the time)")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
