@@ -92,7 +92,8 @@ the only choice when nuisance parameters are inferred too).
 """
 
 
-def _load_model(run: str, load: str, device: str, symmetrize: bool = False):
+def _load_run(run: str, load: str, device: str, symmetrize: bool = False):
+    """(model, checkpoint path) of a trained run, ready for evaluation."""
     from cryoconf.rundir import resolve_checkpoint
     from cryoconf.sbi.model import SBIModel
     from cryoconf.sbi.symmetry import load_symmetry
@@ -100,7 +101,11 @@ def _load_model(run: str, load: str, device: str, symmetrize: bool = False):
     # every subcommand that loads a trained run only evaluates it: eval mode, frozen embedding on a CPU
     ckpt = resolve_checkpoint(load, run)
     model = SBIModel.load(ckpt, map_location=device).to(device).freeze_for_inference()
-    return model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model
+    return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
+
+
+def _load_model(run: str, load: str, device: str, symmetrize: bool = False):
+    return _load_run(run, load, device, symmetrize)[0]
 
 
 def _add_symmetrize_argument(p: argparse.ArgumentParser) -> None:
@@ -341,13 +346,11 @@ def run_symmetrize(args) -> int:
     from pathlib import Path
 
     from cryoconf.atomic_write import atomic_path
-    from cryoconf.rundir import resolve_checkpoint
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.simulator import SBISimulator
     from cryoconf.sbi.symmetry import SYMMETRY_FILE, SYMMETRY_SEED, fit_symmetry
 
-    ckpt = resolve_checkpoint(args.load, args.run)
-    model = _load_model(args.run, str(ckpt), args.device)
+    model, ckpt = _load_run(args.run, args.load, args.device)
     simulator = SBISimulator.from_config(load_config(Path(args.run) / "config.yaml"), device=args.device)
     record = {"checkpoint": ckpt.name,
               **fit_symmetry(model, simulator, args.n_particles, batch_size=args.batch_size,

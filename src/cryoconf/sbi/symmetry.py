@@ -112,18 +112,18 @@ def _cell_integrals(la: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, to
 class GridPosterior:
     """One-parameter posteriors tabulated per particle: log density linear between nodes.
 
-    ``theta`` (K, B): increasing nodes; ``log_density`` (K, B): unnormalised log
-    densities there. Between two nodes the density is exponential (the log density
+    ``nodes`` (K, B): increasing values of the tabulated variable (θ, or z for the pool);
+    ``log_density`` (K, B): unnormalised log densities there. Between two nodes the density is exponential (the log density
     linear), which follows both a peak and its tails; the mass outside the first and
     last nodes is taken as nil. Normalised on construction (float64); every summary
     below is exact for that density.
     """
 
-    theta: torch.Tensor
+    nodes: torch.Tensor
     log_density: torch.Tensor
 
     def __post_init__(self) -> None:
-        t = self.theta.double()
+        t = self.nodes.double()
         ld = self.log_density.double()
         if t.ndim != 2 or t.shape != ld.shape or t.shape[0] < 2:
             raise InputError(f"a tabulated posterior needs nodes and log densities of one shape (K ≥ 2, B); got "
@@ -132,7 +132,7 @@ class GridPosterior:
             raise InputError("the pooled posterior has non-finite log densities; check the model and images")
         top = ld.max(0, keepdim=True).values
         l0 = (ld - top).clamp_min(-700.0)
-        self.theta = t
+        self.nodes = t
         self._h = (t[1:] - t[:-1]).clamp_min(0.0)
         self._d = l0[1:] - l0[:-1]
         e0, e1, e2 = _cell_integrals(l0[:-1], self._d)
@@ -146,12 +146,12 @@ class GridPosterior:
 
     @property
     def n_particles(self) -> int:
-        return self.theta.shape[1]
+        return self.nodes.shape[1]
 
     def moments(self, to_value=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std (B,) of the tabulated variable, or of ``to_value(x)`` for an increasing
         map (then by Simpson's rule on each cell, with the density's exact midpoint value)."""
-        a, h = self.theta[:-1], self._h
+        a, h = self.nodes[:-1], self._h
         if to_value is None:
             e0, e1, e2 = self._e
             mean = (h * (a * e0 + h * e1)).sum(0)
@@ -160,7 +160,7 @@ class GridPosterior:
             return mean, var.clamp_min(0).sqrt()
         pa = self._la.exp()
         pm, pb = (self._la + self._d / 2).exp(), (self._la + self._d).exp()
-        fa, fm, fb = to_value(a), to_value(a + h / 2), to_value(self.theta[1:])
+        fa, fm, fb = to_value(a), to_value(a + h / 2), to_value(self.nodes[1:])
         simpson = lambda ga, gm, gb: (h / 6 * (ga * pa + 4 * gm * pm + gb * pb)).sum(0)
         mass = simpson(1.0, 1.0, 1.0)
         mean = simpson(fa, fm, fb) / mass
@@ -169,13 +169,13 @@ class GridPosterior:
 
     def quantile(self, levels) -> torch.Tensor:
         """θ at CDF levels (L, B) (or (L,) for every particle) → (L, B): the exact inverse."""
-        u = torch.as_tensor(levels, dtype=torch.float64, device=self.theta.device)
+        u = torch.as_tensor(levels, dtype=torch.float64, device=self.nodes.device)
         if u.ndim == 1:
             u = u[:, None].expand(-1, self.n_particles)
         u = u.clamp(0.0, 1.0)
         k = torch.searchsorted(self.cdf_nodes.T.contiguous(), u.T.contiguous(), right=True).T - 1
-        k = k.clamp(0, self.theta.shape[0] - 2)
-        a, h, d, la = (x.gather(0, k) for x in (self.theta, self._h, self._d, self._la))
+        k = k.clamp(0, self.nodes.shape[0] - 2)
+        a, h, d, la = (x.gather(0, k) for x in (self.nodes, self._h, self._d, self._la))
         r = (u - self.cdf_nodes.gather(0, k)).clamp_min(0.0) / h.clamp_min(1e-300)   # mass into the cell / width
         # e^{la + d t} = e^{la} + d·r solved for the fraction t of the cell (log space: no overflow)
         dr = (d * r).abs().clamp_min(1e-300).log()
@@ -189,13 +189,13 @@ class GridPosterior:
 
     def cdf(self, at) -> torch.Tensor:
         """F(θ) at θ (A, B) (or (A,) for every particle) → (A, B)."""
-        x = torch.as_tensor(at, dtype=torch.float64, device=self.theta.device)
+        x = torch.as_tensor(at, dtype=torch.float64, device=self.nodes.device)
         if x.ndim == 1:
             x = x[:, None].expand(-1, self.n_particles)
-        k = torch.searchsorted(self.theta.T.contiguous(), x.T.contiguous(), right=True).T - 1
-        below, above = k < 0, k >= self.theta.shape[0] - 1
-        k = k.clamp(0, self.theta.shape[0] - 2)
-        a, h, d = self.theta.gather(0, k), self._h.gather(0, k), self._d.gather(0, k)
+        k = torch.searchsorted(self.nodes.T.contiguous(), x.T.contiguous(), right=True).T - 1
+        below, above = k < 0, k >= self.nodes.shape[0] - 1
+        k = k.clamp(0, self.nodes.shape[0] - 2)
+        a, h, d = self.nodes.gather(0, k), self._h.gather(0, k), self._d.gather(0, k)
         frac = ((x - a) / h.clamp_min(1e-300)).clamp(0.0, 1.0)      # t ∈ [0, 1] inside the cell
         dt = d * frac
         small = dt.abs() < 1e-8
@@ -207,7 +207,7 @@ class GridPosterior:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` samples per particle (n, B) by the inverse CDF."""
         u = torch.rand(n, self.n_particles, dtype=torch.float64, generator=generator)
-        return self.quantile(u.to(self.theta.device))
+        return self.quantile(u.to(self.nodes.device))
 
     def summarize(self, templates=None, edges=None, *, to_value=None, from_value=None) -> PosteriorSummary:
         """Mean, std, quantiles and (with ``templates`` (M,)) template cell probabilities.
@@ -229,7 +229,7 @@ class GridPosterior:
         if templates is not None:
             t = _as_templates(templates, 1)
             inner, order = _inner_edges(t, edges)
-            probs = _cell_probabilities(self.cdf(from_value(inner.to(self.theta.device))), order).cpu().numpy()
+            probs = _cell_probabilities(self.cdf(from_value(inner.to(self.nodes.device))), order).cpu().numpy()
             idx = probs.argmax(axis=1)
             out.template_probs, out.template_index = probs, idx
             out.template_theta = t.numpy()[idx]
@@ -278,8 +278,8 @@ class PooledPosterior:
         self.temperature = float(temperature)
 
     def _terms(self, images: torch.Tensor, extra_theta: torch.Tensor | None = None):
-        """Nodes z (K, B) with A and J there (K, B each); with ``extra_theta`` (P, B) also
-        (A, J) at those θ (P, B each)."""
+        """Nodes z (K, B) with A and J there (K, B each); with ``extra_theta`` (P, B) also,
+        at those θ, the eight views' log q_g(z) (P, 8, B) and J (P, B)."""
         flow = self.model.posterior
         b = images.shape[0]
         ctx = self.model._features(images, transform=dihedral_images)                        # (8B, C)
@@ -299,11 +299,11 @@ class PooledPosterior:
         if extra_theta is not None:
             points = torch.cat([nodes, flow.to_unbounded(extra_theta.double()[..., None])[0][..., 0]])
         z = points.float().repeat(1, GROUP_SIZE)[..., None]                                # (P, 8B, 1)
-        a = dist.log_prob(z).double().reshape(points.shape[0], GROUP_SIZE, b).mean(1)      # (P, B)
+        a = dist.log_prob(z).double().reshape(points.shape[0], GROUP_SIZE, b)              # (P, 8, B)
         j = flow.log_dz_dtheta(points[..., None])                                           # (P, B)
         k = nodes.shape[0]
         extra = (a[k:], j[k:]) if extra_theta is not None else None
-        return nodes, a[:k], j[:k], extra
+        return nodes, a[:k].mean(1), j[:k], extra
 
     def _log_density(self, a: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         return self.temperature * a + (self.temperature - 1) * j
@@ -319,13 +319,14 @@ class PooledPosterior:
         with torch.no_grad():
             nodes, a, j, (a_at, j_at) = self._terms(images, theta)
             norm = GridPosterior(nodes, self._log_density(a, j)).log_norm
-            return self.temperature * (a_at + j_at) - norm
+            return self.temperature * (a_at.mean(1) + j_at) - norm
 
     @torch.no_grad()
     def terms_at_truth(self, images: torch.Tensor, truth: torch.Tensor):
-        """(nodes, A, J) (K, B each) and (A, J) at the true θ (B,): what :func:`fit_temperature` needs."""
+        """(nodes, A, J) (K, B each), (A, J) at the true θ (B,) — what :func:`fit_temperature`
+        needs — and the plain flow's log q(θ_true | I) (B,) (the identity view)."""
         nodes, a, j, (a_at, j_at) = self._terms(images, truth.reshape(1, -1))
-        return nodes, a, j, a_at[0], j_at[0]
+        return nodes, a, j, a_at[0].mean(0), j_at[0], a_at[0, 0] + j_at[0]
 
 
 def _nll(tau: float, nodes, a, j, a_at, j_at) -> float:
@@ -372,8 +373,7 @@ def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, 
     if n < 10:
         raise InputError(f"the temperature fit needs at least 10 particles, got {n}")
     pool = PooledPosterior(model, 1.0)
-    parts = [[], [], [], [], []]  # nodes, A, J (K, B each), A and J at the truth (B,)
-    plain = []
+    parts = [[], [], [], [], [], []]  # nodes, A, J (K, B each); A, J and the plain log q at the truth (B,)
     bar = tqdm(total=n, unit="particle", desc="sbi symmetrize", disable=not progress)
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad(), evaluating(model):
@@ -384,18 +384,16 @@ def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, 
             truth = params["theta"].to(images.device).double()
             for part, value in zip(parts, pool.terms_at_truth(images, truth)):
                 part.append(value.cpu())
-            ctx = model._features(images)
-            plain.append(model.posterior.log_prob(truth.float()[:, None], ctx).double().cpu())
             bar.update(b)
     bar.close()
     nodes, a, j = (torch.cat(x, dim=1) for x in parts[:3])  # every particle has the same node count
-    a_at, j_at = torch.cat(parts[3]), torch.cat(parts[4])
+    a_at, j_at, plain = (torch.cat(x) for x in parts[3:])
     tau, curve = fit_temperature(nodes, a, a_at, j, j_at)
     return {
         "group": "D4 (rotations by 90° and mirrors about pixel box//2)",
         "temperature": tau,
         "particles": n, "seed": int(seed), "snr": "prior",
-        "nll_plain_flow": float(-torch.cat(plain).mean()),
+        "nll_plain_flow": float(-plain.mean()),
         "nll_pooled_temperature_1": _nll(1.0, nodes, a, j, a_at, j_at),
         "nll_pooled": _nll(tau, nodes, a, j, a_at, j_at),
         "nll_curve": {str(k): v for k, v in curve.items()},
