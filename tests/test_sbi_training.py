@@ -243,6 +243,12 @@ def test_example_configs_are_valid():
         fine.image, fine.priors, fine.embedding, fine.flow, fine.posterior)
     assert again.training.seed != fine.training.seed
     assert again.training.lr < fine.training.lr and again.training.lr_final < fine.training.lr_final
+    # the distillation of that model's pooled posterior: the same model, priors and particles, plus a teacher
+    distil = load_config(root / "sbi_hsp90_box128_distill.yaml")
+    assert (distil.image, distil.priors, distil.embedding, distil.flow, distil.posterior) == (
+        again.image, again.priors, again.embedding, again.flow, again.posterior)
+    assert distil.training.seed == again.training.seed and distil.distillation.symmetrize
+    assert distil.distillation.teacher == str(root.parent / "runs" / "hsp90_box128_s2d_ft" / "checkpoint.16000.pt")
 
 
 # -- embeddings ---------------------------------------------------------------------------------
@@ -711,3 +717,120 @@ def test_cli_symmetrize_then_symmetrized_infer_and_calibrate(trained, toy_ensemb
     assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "y"), "--symmetrize",
                  "--load", str(run / "checkpoint.75.pt"), "--no-progress"]) == 2
     assert "fitted for checkpoint.150.pt" in capsys.readouterr().err
+
+
+# -- distillation from a teacher --------------------------------------------------------------
+def test_distillation_config(toy_ensemble, tmp_path):
+    plain = _config(toy_ensemble)
+    assert not plain.distillation.enabled and "distillation" not in plain.to_dict()  # older runs resume unchanged
+    data = _config(toy_ensemble).to_dict()
+    data["distillation"] = {"teacher": "teachers/checkpoint.5.pt", "weight": 0.5, "samples": 8}
+    path = tmp_path / "cfg" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data))
+    conf = load_config(path)
+    assert conf.distillation.teacher == str((tmp_path / "cfg" / "teachers" / "checkpoint.5.pt").resolve())
+    assert (conf.distillation.weight, conf.distillation.samples, conf.distillation.symmetrize) == (0.5, 8, True)
+    assert SBIConfig.from_dict(conf.to_dict()).to_dict() == conf.to_dict()
+    for patch, match in [({"weight": 1.5}, "distillation.weight"), ({"samples": 0}, "distillation.samples"),
+                         ({"symmetrize": "yes"}, "distillation.symmetrize"), ({"teacher": 3}, "distillation.teacher"),
+                         ({"temperature": 1.0}, "'distillation.temperature' is unknown")]:
+        bad = _config(toy_ensemble).to_dict()
+        bad["distillation"] = {"teacher": "t.pt", **patch}
+        with pytest.raises(InputError, match=match):
+            SBIConfig.from_dict(bad)
+
+
+def test_distillation_loss_mixes_the_true_theta_and_the_teacher_draws():
+    from cryoconf.sbi.distillation import distillation_loss
+
+    log_q = torch.tensor([[-1.0, -2.0], [-3.0, -5.0], [-5.0, -7.0]])   # row 0: at the true θ; rows 1, 2: draws
+    assert float(distillation_loss(log_q, 0.0)) == pytest.approx(1.5)
+    assert float(distillation_loss(log_q, 1.0)) == pytest.approx(5.0)
+    assert float(distillation_loss(log_q, 0.25)) == pytest.approx(0.75 * 1.5 + 0.25 * 5.0)
+    with pytest.raises(ValueError, match="1 \\+ M"):
+        distillation_loss(log_q[:1], 0.5)
+
+
+def _noisy_toy_images(config, n, snr=0.5, seed=11):
+    simulator = SBISimulator.from_config(config)
+    g = torch.Generator().manual_seed(seed)
+    params = simulator.sample_parameters(n, g)
+    params["snr"] = torch.full_like(params["snr"], snr)
+    return params, simulator.render(params, g)
+
+
+def test_pooled_teacher_draws_are_its_stratified_quantiles(trained, toy_ensemble):
+    """Draw m of particle b sits at the pooled posterior's CDF level (m + u_b)/M."""
+    from cryoconf.sbi.distillation import Teacher
+
+    model, _ = _trained_model(trained)
+    teacher = Teacher(model, temperature=1.3)
+    _, images = _noisy_toy_images(_config(toy_ensemble), 6)
+    m = 16
+    draws = teacher.draw(images, m, torch.Generator().manual_seed(0))
+    assert draws.shape == (m, 6, 1) and draws.dtype == torch.float32
+    low, high = model.bounds[0]
+    assert bool(((draws >= low) & (draws <= high)).all())
+    grid = model.pooled.grid(model._check_images(images))           # the pool, computed independently
+    levels = grid.z.cdf(grid._z(draws[..., 0].double())) * m         # (M, B): m + u_b
+    u = levels - torch.arange(m, dtype=torch.float64)[:, None]
+    assert float((u - u[:1]).abs().max()) < 2e-3 * m                  # float32 draws: CDF agrees to ~1e-4
+    assert bool(((u[0] > -1e-3) & (u[0] < 1 + 1e-3)).all()) and float(u[0].std()) > 0.05  # one u per particle
+    # the draws' mean lies between the lower and upper sums of the quantile function, as the mean does
+    edges = grid._theta(grid.z.quantile(torch.arange(m + 1, dtype=torch.float64) / m))   # (M + 1, B)
+    lower, upper = edges[:-1].mean(0), edges[1:].mean(0)
+    mean, _ = grid.z.moments(grid._theta)
+    got = draws[..., 0].double().mean(0)
+    assert bool(((got > lower - 1e-5) & (got < upper + 1e-5)).all())
+    assert bool(((mean > lower - 1e-5) & (mean < upper + 1e-5)).all())
+    plain = Teacher(SBIModel.load(trained[1].checkpoint), temperature=None).draw(images, 5)
+    assert plain.shape == (5, 6, 1) and bool(((plain >= low) & (plain <= high)).all())
+
+
+def test_training_with_a_pooled_teacher_resumes_exactly_and_learns_the_teacher(trained, toy_ensemble, tmp_path, capsys):
+    import shutil
+
+    from cryoconf.cli.main import main
+    from cryoconf.sbi.distillation import Teacher
+
+    _, run_dir = _trained_model(trained)
+    teacher_run = tmp_path / "teacher"
+    shutil.copytree(run_dir, teacher_run)
+
+    def cfg(**training):
+        c = _config(toy_ensemble, **{"batch_size": 16, "validation_size": 16, "validation_interval": 2,
+                                     "checkpoint_interval": 3, **training})
+        c.distillation.teacher, c.distillation.samples = str(teacher_run), 8
+        return c
+
+    with pytest.raises(InputError, match="cryoconf sbi symmetrize"):   # no symmetry.json yet
+        train_sbi(cfg(), tmp_path / "x", steps=1, progress=False)
+    assert main(["sbi", "symmetrize", str(teacher_run), "-n", "64", "--no-progress"]) == 0
+    straight = train_sbi(cfg(), tmp_path / "a", steps=6, progress=False)
+    first = train_sbi(cfg(), tmp_path / "b", steps=3, progress=False)
+    resumed = train_sbi(cfg(), tmp_path / "b", steps=6, load="latest", progress=False)
+    assert resumed.train_losses == straight.train_losses[3:]
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert first.timings["teacher_ms_per_batch"] > 0 and "D4-pooled posterior" in (tmp_path / "a" / "run.log").read_text()
+    # a fresh student trained on the teacher's draws alone comes to agree with the teacher
+    teacher = Teacher.load(teacher_run, symmetrize=True)
+    _, images = _noisy_toy_images(_config(toy_ensemble), 64, seed=12)
+    draws = teacher.draw(images, 32, torch.Generator().manual_seed(1))
+
+    def cross_entropy(model):
+        model.eval()
+        with torch.no_grad():
+            return float(-model.log_prob(draws, images).mean())
+
+    student = cfg(steps=80, lr=3e-3)
+    student.distillation.weight = 1.0
+    start = train_sbi(student, tmp_path / "s0", steps=0, progress=False).model   # the same initial weights
+    result = train_sbi(student, tmp_path / "s", steps=80, progress=False)
+    assert cross_entropy(result.model) < cross_entropy(start) - 0.3
+    # a teacher of another grid is refused
+    other = cfg()
+    other.image.box = 24
+    with pytest.raises(InputError, match="distillation.teacher .*box"):
+        train_sbi(other, tmp_path / "c", steps=1, progress=False)

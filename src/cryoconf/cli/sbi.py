@@ -38,6 +38,10 @@ image.simulation_apix_A) or with narrower priors; the optimiser starts afresh at
 A compact CNN may also move to a finer grid over the same field of view (e.g. box 64
 at 3 Å/px → box 128 at 1.5 Å/px with embedding.params.space_to_depth: 2): its stem is
 adapted to the finer pixels (configs/sbi_hsp90_box128_s2d.yaml).
+An optional `distillation` section also trains on draws from a teacher's posterior:
+another run's checkpoint, by default its D4-pooled posterior (fitted first with
+`cryoconf sbi symmetrize`), whose accuracy the flow then learns at its own cost
+(configs/sbi_hsp90_box128_distill.yaml, docs/sbi.md).
 
 Multi-GPU: torchrun --nproc-per-node G -m cryoconf sbi train CONFIG -o RUN --device cuda
 """

@@ -1,6 +1,6 @@
 """Typed, validated configuration of ``cryoconf sbi train`` (a YAML file; units in the key names).
 
-The YAML has seven sections; every key is optional except ``templates.path``,
+The YAML has up to eight sections; every key is optional except ``templates.path``,
 ``image.box`` and ``image.apix_A``. Unknown keys and bad values raise
 :class:`~cryoconf.errors.InputError` naming the key, the expected unit or range and
 the fix. See ``configs/sbi_hsp90_box64.yaml`` for a documented example.
@@ -29,6 +29,11 @@ the fix. See ``configs/sbi_hsp90_box64.yaml`` for a documented example.
 ``training``   ``optimizer`` (adamw | adam), ``lr``, ``weight_decay``, ``clip_grad_norm``,
                ``batch_size``, ``steps``, ``validation_size``, ``validation_interval``,
                ``checkpoint_interval``, ``seed``, ``sim_chunk_size``.
+``distillation`` optional: ``teacher`` (a checkpoint or run directory; null = none),
+               ``symmetrize`` (learn from the teacher's D4-pooled posterior at the
+               temperature of its run's symmetry.json), ``weight`` (of the teacher's
+               term in the loss, in [0, 1]), ``samples`` (teacher draws per particle).
+               See :mod:`cryoconf.sbi.distillation`.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from cryoconf.errors import InputError
 
 __all__ = [
     "SBIConfig", "TemplatesConfig", "ImageConfig", "PriorsConfig", "PosteriorConfig", "EmbeddingConfig",
-    "FlowConfig", "TrainingConfig", "load_config", "EXTRA_PARAMETERS",
+    "FlowConfig", "TrainingConfig", "DistillationConfig", "load_config", "EXTRA_PARAMETERS",
 ]
 
 # posterior dimensions beyond θ: name → (prior key, transform description)
@@ -327,6 +332,29 @@ class TrainingConfig:
         return final + 0.5 * (self.lr - final) * (1.0 + math.cos(math.pi * t))
 
 
+@dataclass
+class DistillationConfig:
+    teacher: str | None = None
+    symmetrize: bool = True
+    weight: float = 0.75
+    samples: int = 32
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+    def validate(self) -> None:
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
+            _fail("distillation.teacher", f"expected a checkpoint.N.pt or run directory path, got {self.teacher!r}")
+        if not isinstance(self.symmetrize, bool):
+            _fail("distillation.symmetrize", f"expected true or false, got {self.symmetrize!r}")
+        self.weight = _number("distillation.weight", self.weight,
+                              unit="weight of the teacher's term; 0 = the true θ only, 1 = the teacher only",
+                              minimum=0, maximum=1)
+        self.samples = _number("distillation.samples", self.samples, unit="teacher draws per particle",
+                               minimum=1, maximum=4096, integer=True)
+
+
 _SECTIONS = {
     "templates": TemplatesConfig,
     "image": ImageConfig,
@@ -335,6 +363,7 @@ _SECTIONS = {
     "embedding": EmbeddingConfig,
     "flow": FlowConfig,
     "training": TrainingConfig,
+    "distillation": DistillationConfig,
 }
 
 
@@ -361,11 +390,12 @@ class SBIConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | Path | None = None) -> "SBIConfig":
-        """Validate a nested mapping (as read from YAML). Relative template paths are
-        resolved against ``base_dir`` (the config file's folder)."""
+        """Validate a nested mapping (as read from YAML). Relative template and teacher paths
+        are resolved against ``base_dir`` (the config file's folder)."""
         if not isinstance(data, dict):
             raise InputError(f"the SBI config must be a mapping with sections {', '.join(_SECTIONS)}; got {type(data).__name__}")
         for key in data:
@@ -381,6 +411,9 @@ class SBIConfig:
                 value = getattr(conf.templates, attr)
                 if value and not Path(value).is_absolute():
                     setattr(conf.templates, attr, str((Path(base_dir) / value).resolve()))
+            teacher = conf.distillation.teacher
+            if isinstance(teacher, str) and teacher and not Path(teacher).is_absolute():
+                conf.distillation.teacher = str((Path(base_dir) / teacher).resolve())
         return conf.validate()
 
     def validate(self) -> "SBIConfig":
@@ -411,6 +444,8 @@ class SBIConfig:
         for key in ("simulation_box", "simulation_apix_A"):  # unset: omitted, so runs written before the
             if d["image"][key] is None:                      # option existed keep their config unchanged
                 del d["image"][key]
+        if d["distillation"]["teacher"] is None:  # likewise: no distillation, no section
+            del d["distillation"]
         return d
 
     def to_yaml(self) -> str:

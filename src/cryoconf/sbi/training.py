@@ -37,6 +37,7 @@ from cryoconf.rundir import (
     run_log, save_checkpoint, write_config,
 )
 from cryoconf.sbi.config import EXTRA_PARAMETERS, SBIConfig
+from cryoconf.sbi.distillation import Teacher, distillation_loss
 from cryoconf.sbi.model import SBIModel, load_checkpoint
 from cryoconf.sbi.simulator import SBISimulator
 
@@ -259,6 +260,14 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             log.info("resumed from %s at step %d", ckpt_path, start)
         elif init is not None:
             log.info("initial weights from %s", initial_weights(model, init))
+        teacher = None
+        dc = config.distillation
+        if dc.enabled:
+            teacher = Teacher.load(dc.teacher, symmetrize=dc.symmetrize, device=dev)
+            teacher.check_student(model)
+            if rank == 0:
+                log.info("distillation: teacher %s; weight %g, %d draws per particle", teacher.label, dc.weight,
+                         dc.samples)
         if rank == 0:
             log.info("templates: %d, θ prior [%.4g, %.4g]; posterior over %s; embedding %s (%d parameters), "
                      "flow %d parameters; device %s, %d process(es)", len(simulator.template_prior),
@@ -278,7 +287,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
         result = TrainResult(run_dir=run_dir, model=model, step=start)
-        sim_s = net_s = 0.0
+        sim_s = net_s = teacher_s = 0.0
         n_timed = 0
         t_begin = time.perf_counter()
         from tqdm.auto import tqdm
@@ -295,7 +304,13 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = tc.lr_at(step)
-            loss = -net(targets, images).mean()
+            if teacher is None:
+                loss = -net(targets, images).mean()
+            else:
+                draws = teacher.draw(images, dc.samples, generator)                    # (M, B, D)
+                t_net = time.perf_counter()
+                teacher_s += t_net - t1
+                loss = distillation_loss(net(torch.cat([targets[None], draws]), images), dc.weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.clip_grad_norm > 0:
@@ -308,7 +323,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             _sync(dev)
             t2 = time.perf_counter()
             sim_s += t1 - t0
-            net_s += t2 - t1
+            net_s += t2 - (t1 if teacher is None else t_net)
             n_timed += 1
             done = step + 1
             result.train_losses.append((done, lv))
@@ -323,8 +338,10 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
                     curve.add(done, val_loss=vl)
                     curve.flush()
                     log.info("step %d: train loss %.4f (mean of last %d), validation loss %.4f; "
-                             "%.1f ms simulation + %.1f ms network per batch", done, sum(recent) / len(recent),
-                             len(recent), vl, 1e3 * sim_s / n_timed, 1e3 * net_s / n_timed)
+                             "%.1f ms simulation + %s%.1f ms network per batch", done, sum(recent) / len(recent),
+                             len(recent), vl, 1e3 * sim_s / n_timed,
+                             f"{1e3 * teacher_s / n_timed:.1f} ms teacher + " if teacher is not None else "",
+                             1e3 * net_s / n_timed)
                 recent = []
                 bar.set_postfix(loss=f"{lv:.3f}", val=f"{vl:.3f}")
             if done % tc.checkpoint_interval == 0 or done == tc.steps:
@@ -345,10 +362,12 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             "steps": max(ran, 0), "seconds": elapsed, "steps_per_s": ran / elapsed if ran > 0 and elapsed > 0 else 0.0,
             "simulation_ms_per_batch": 1e3 * sim_s / max(n_timed, 1),
             "network_ms_per_batch": 1e3 * net_s / max(n_timed, 1),
+            "teacher_ms_per_batch": 1e3 * teacher_s / max(n_timed, 1),
         }
         if rank == 0 and ran > 0:
-            log.info("trained %d steps in %.1f s (%.2f steps/s); %.1f ms simulation, %.1f ms network per batch",
+            log.info("trained %d steps in %.1f s (%.2f steps/s); %.1f ms simulation, %s%.1f ms network per batch",
                      ran, elapsed, result.timings["steps_per_s"], result.timings["simulation_ms_per_batch"],
+                     f"{result.timings['teacher_ms_per_batch']:.1f} ms teacher, " if teacher is not None else "",
                      result.timings["network_ms_per_batch"])
     return result
 
