@@ -11,6 +11,9 @@ CPU ``torch.Generator`` (one per rank) and the global torch/numpy/python RNGs â€
 ``--init CHECKPOINT`` instead starts a new run (step 0, fresh optimiser) from the
 weights of another run with the same architecture: fine-tuning, e.g. on particles
 simulated at the data's sampling (``image.simulation_box``) or with other priors.
+With a ``distillation`` section each step also draws from a teacher's posterior
+(:mod:`cryoconf.sbi.distillation`) and mixes their cross-entropy into the loss; the
+validation loss stays the NLL of the true Î¸.
 
 Multi-GPU: launched with ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel, each rank simulates its own batches from a rank-offset
