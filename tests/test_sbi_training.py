@@ -778,7 +778,7 @@ def test_pooled_teacher_draws_are_its_stratified_quantiles(trained, toy_ensemble
     assert float((u - u[:1]).abs().max()) < 2e-3 * m                  # float32 draws: CDF agrees to ~1e-4
     assert bool(((u[0] > -1e-3) & (u[0] < 1 + 1e-3)).all()) and float(u[0].std()) > 0.05  # one u per particle
     # the draws' mean lies between the lower and upper sums of the quantile function, as the mean does
-    edges = grid._theta(grid.z.quantile(torch.arange(m + 1, dtype=torch.float64) / m))   # (M + 1, B)
+    edges = grid.quantile(torch.arange(m + 1, dtype=torch.float64) / m)                  # (M + 1, B)
     lower, upper = edges[:-1].mean(0), edges[1:].mean(0)
     mean, _ = grid.z.moments(grid._theta)
     got = draws[..., 0].double().mean(0)

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.model import SBIModel
+from cryoconf.sbi.model import SBIModel, spec_differences
 
 __all__ = ["Teacher", "distillation_loss"]
 
@@ -82,13 +81,8 @@ class Teacher:
 
     def check_student(self, student: SBIModel) -> None:
         """Raise unless ``student`` infers the same parameters over the same bounds, templates and grid."""
-        diffs = []
-        for key in _SPEC_KEYS:
-            a, b = self.model.spec.get(key), student.spec.get(key)
-            numeric = key in ("low", "high", "template_theta", "apix_A") and a is not None and b is not None
-            same = (np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-6, atol=1e-9)) if numeric else a == b
-            if not same:
-                diffs.append(f"{key}: the teacher has {a!r}, the config gives {b!r}")
+        diffs = [f"{key}: the teacher has {self.model.spec.get(key)!r}, the config gives {student.spec.get(key)!r}"
+                 for key in spec_differences(self.model.spec, student.spec, _SPEC_KEYS)]
         if diffs:
             raise InputError(f"distillation.teacher {self.source}: " + "; ".join(diffs) + ". The teacher must infer "
                              "the same parameters over the same prior bounds and templates, on the same image grid")
@@ -106,8 +100,7 @@ class Teacher:
             return model._sample(checked, n).to(images.device)
         u = torch.rand(1, checked.shape[0], dtype=torch.float64, generator=generator)
         levels = (torch.arange(n, dtype=torch.float64)[:, None] + u) / n                # (n, B)
-        grid = model.pooled.grid(checked)
-        theta = grid._theta(grid.z.quantile(levels.to(grid.z.nodes.device)))
+        theta = model.pooled.grid(checked).quantile(levels.to(checked.device))
         return theta.float()[..., None].to(images.device)
 
 

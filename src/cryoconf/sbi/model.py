@@ -16,6 +16,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ from cryoconf.sbi.posterior import BoundedFlow
 from cryoconf.sbi.simulator import normalize_for_sbi
 from cryoconf.sbi.summaries import PosteriorSummary, summarize_samples
 
-__all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint"]
+__all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint", "spec_differences"]
 
 CHECKPOINT_FORMAT = "cryoconf-sbi/1"
 SUMMARY_METHODS = ("auto", "flow", "samples")  # SBIModel.summarize, `sbi infer --summaries`
@@ -311,6 +312,21 @@ class SBIModel(nn.Module):
     def load(cls, path, map_location="cpu") -> "SBIModel":
         """Rebuild a model from a checkpoint written by :meth:`save` (or by training)."""
         return cls.from_checkpoint(load_checkpoint(path, map_location))
+
+
+_NUMERIC_SPEC = ("low", "high", "template_theta", "apix_A")  # compared to a relative 1e-6
+
+
+def spec_differences(old: dict, new: dict, keys=None) -> list[str]:
+    """The keys (sorted; all of both, or ``keys``) where two :attr:`SBIModel.spec` differ."""
+    out = []
+    for key in sorted(set(old) | set(new)) if keys is None else keys:
+        a, b = old.get(key), new.get(key)
+        numeric = key in _NUMERIC_SPEC and a is not None and b is not None
+        same = (np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-6, atol=1e-9)) if numeric else a == b
+        if not same:
+            out.append(key)
+    return out
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

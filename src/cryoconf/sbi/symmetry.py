@@ -251,6 +251,10 @@ class PooledGrid:
     def _z(self, theta: torch.Tensor) -> torch.Tensor:
         return self.flow.to_unbounded(theta.double()[..., None])[0][..., 0]
 
+    def quantile(self, levels) -> torch.Tensor:
+        """θ at CDF levels (L, B) (or (L,) for every particle) → (L, B): the exact inverse."""
+        return self._theta(self.z.quantile(levels))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` θ samples per particle (n, B)."""
         return self._theta(self.z.sample(n, generator))

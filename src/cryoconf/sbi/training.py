@@ -41,7 +41,7 @@ from cryoconf.rundir import (
 )
 from cryoconf.sbi.config import EXTRA_PARAMETERS, SBIConfig
 from cryoconf.sbi.distillation import Teacher, distillation_loss
-from cryoconf.sbi.model import SBIModel, load_checkpoint
+from cryoconf.sbi.model import SBIModel, load_checkpoint, spec_differences
 from cryoconf.sbi.simulator import SBISimulator
 
 __all__ = ["train_sbi", "TrainResult", "posterior_targets", "parameter_bounds", "simulation_seed",
@@ -139,13 +139,8 @@ def initial_weights(model: SBIModel, init) -> Path:
             | {prefix + k: v for k, v in emb.items()}
         old = {k: v for k, v in old.items() if k not in ("box", "apix_A", "embedding")}
         new = {k: v for k, v in new.items() if k not in ("box", "apix_A", "embedding")}
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        same = np.allclose(a, b, rtol=1e-6, atol=1e-9) if key in ("low", "high", "template_theta") and \
-            a is not None and b is not None and np.shape(a) == np.shape(b) else a == b
-        if not same:
-            diffs.append(f"{key}: {path} has {_short(a)}, the config gives {_short(b)}")
+    diffs = [f"{key}: {path} has {_short(old.get(key))}, the config gives {_short(new.get(key))}"
+             for key in spec_differences(old, new)]
     if diffs:
         raise InputError(f"--init {init}: the checkpoint's model differs from this config's in " + "; ".join(diffs)
                          + ". Fine-tuning needs the same templates, grid, posterior parameters and priors on them, "
