@@ -11,6 +11,7 @@ from cryoconf.data.preprocess import (
     NoisePSD,
     estimate_batch_psd,
     estimate_dataset_psd,
+    has_origin_shifts,
     plan_resampling,
     prepare_dataset_batch,
     prepare_particles,
@@ -117,18 +118,50 @@ def test_whitening_coloured_noise_gives_flat_psd():
     assert before.max() / before.min() > 10  # it really was coloured
 
 
-def _write_dataset(tmp_path, images: np.ndarray, apix: float):
+def _write_dataset(tmp_path, images: np.ndarray, apix: float, origins_A: np.ndarray | None = None):
     n, box = images.shape[0], images.shape[-1]
     write_mrcs(tmp_path / "p.mrcs", images.astype(np.float32), apix)
+    particles = {"rlnImageName": np.array([f"{i + 1}@p.mrcs" for i in range(n)], dtype=object),
+                 "rlnOpticsGroup": np.ones(n, int), "rlnDefocusU": np.full(n, 1e4),
+                 "rlnDefocusV": np.full(n, 1e4), "rlnDefocusAngle": np.zeros(n)}
+    if origins_A is not None:
+        particles.update(rlnOriginXAngst=origins_A[:, 0], rlnOriginYAngst=origins_A[:, 1])
     write_star(tmp_path / "p.star", [
         ("optics", {"rlnOpticsGroup": np.array([1]), "rlnImagePixelSize": np.array([apix]),
                     "rlnImageSize": np.array([box]), "rlnVoltage": np.array([300.0]),
                     "rlnSphericalAberration": np.array([2.7]), "rlnAmplitudeContrast": np.array([0.1])}),
-        ("particles", {"rlnImageName": np.array([f"{i + 1}@p.mrcs" for i in range(n)], dtype=object),
-                       "rlnOpticsGroup": np.ones(n, int), "rlnDefocusU": np.full(n, 1e4),
-                       "rlnDefocusV": np.full(n, 1e4), "rlnDefocusAngle": np.zeros(n)}),
+        ("particles", particles),
     ], header="# version 30001")
     return load_particles(tmp_path / "p.star")
+
+
+def test_recentring_moves_each_particle_from_its_origin_to_the_box_centre(tmp_path):
+    box, apix, tbox, tapix = 64, 1.5, 32, 3.0
+    # RELION: the particle centre sits at −origin (x = column, y = row) from the box centre
+    centres_A = np.array([[4.5, -3.0], [-6.75, 2.25], [0.0, 0.0]])
+    images = np.concatenate([_blob(box, apix, (box // 2 + cy / apix, box // 2 + cx / apix)).numpy()
+                             for cx, cy in centres_A])
+    ds = _write_dataset(tmp_path, images, apix, origins_A=-centres_A)
+    assert has_origin_shifts(ds)
+    kept = prepare_dataset_batch(ds, [0, 1, 2], tbox, tapix, normalize=None)["images"]
+    moved = prepare_dataset_batch(ds, [0, 1, 2], tbox, tapix, recenter=True, normalize=None)["images"]
+    for k, (cx, cy) in enumerate(centres_A):
+        row, col = _centroid(kept[k])
+        assert abs(row - (tbox // 2 + cy / tapix)) < 0.02 and abs(col - (tbox // 2 + cx / tapix)) < 0.02
+        row, col = _centroid(moved[k])
+        assert abs(row - tbox // 2) < 0.02 and abs(col - tbox // 2) < 0.02
+    # the blob is moved, not blurred: its peak keeps its height
+    torch.testing.assert_close(moved.amax((-2, -1)), kept[2].amax().expand(3), rtol=2e-3, atol=0)
+
+
+def test_recentring_needs_origins(tmp_path):
+    images = _blob(32, 2.0, (16, 16)).expand(2, -1, -1).numpy()
+    ds = _write_dataset(tmp_path, images, 2.0)
+    assert not has_origin_shifts(ds)
+    with pytest.raises(InputError, match=r"p\.star: recentring needs particle origins"):
+        prepare_dataset_batch(ds, [0, 1], 32, 2.0, recenter=True)
+    (tmp_path / "zero").mkdir()
+    assert not has_origin_shifts(_write_dataset(tmp_path / "zero", images, 2.0, origins_A=np.zeros((2, 2))))
 
 
 def test_dataset_psd_streams_and_prepares(tmp_path):

@@ -372,6 +372,36 @@ def test_infer_recovers_templates_of_simulated_particles(trained, toy_ensemble, 
         assert (tmp_path / "inf" / name).stat().st_size > 0
 
 
+def test_infer_recentres_particles_on_their_origins(trained, toy_ensemble, tmp_path):
+    """Particles moved off-centre, with the move written as their RELION origins, get the posterior of the centred
+    particles: `sbi infer` recentres them by default (the toy model was trained on centred particles)."""
+    import dataclasses
+
+    from cryoconf.cli.main import main
+    from cryoconf.data import load_particles, write_mrcs, write_relion31_star
+    from cryoconf.imaging.shift import shift_images
+    from cryoconf.sbi.inference import infer_dataset
+
+    model, _ = _trained_model(trained)
+    parts = tmp_path / "parts"
+    assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "16", "--box", "32", "--apix", "2.0",
+                 "--snr", "inf", "--shift", "0", "--defocus", "10000", "15000", "--no-progress", "--seed", "5"]) == 0
+    centred = load_particles(parts / "particles.star")
+    images = centred.batch(np.arange(16))["images"].double()
+    move_A = torch.as_tensor(np.random.default_rng(0).uniform(4.0, 7.0, (16, 2)) * [[1, -1]])  # 2–3.5 px
+    write_mrcs(tmp_path / "moved.mrcs", shift_images(images, move_A, 2.0).float().numpy(), 2.0)
+    moved = dataclasses.replace(centred.metadata, shifts_A=move_A.numpy(), base_dir=str(tmp_path),
+                                image_names=np.array([f"{k + 1}@moved.mrcs" for k in range(16)], dtype=object))
+    write_relion31_star(tmp_path / "moved.star", moved)
+    kwargs = dict(whiten=False, n_samples=200, progress=False)
+    reference = infer_dataset(model, parts / "particles.star", tmp_path / "ref", **kwargs)
+    recentred = infer_dataset(model, tmp_path / "moved.star", tmp_path / "rec", **kwargs)
+    kept = infer_dataset(model, tmp_path / "moved.star", tmp_path / "kept", recenter=False, **kwargs)
+    assert not reference.recentered and recentred.recentered and not kept.recentered
+    np.testing.assert_allclose(recentred.summary.mean, reference.summary.mean, atol=0.01)  # up to the Nyquist terms
+    assert np.abs(kept.summary.mean - reference.summary.mean).max() > 0.1
+
+
 def test_infer_summaries_from_the_flow_match_sampled_ones(trained, toy_ensemble, tmp_path):
     """`sbi infer`'s default for one parameter (summaries from the flow) against 20,000 samples."""
     from cryoconf.cli.main import main

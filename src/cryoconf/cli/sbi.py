@@ -82,11 +82,12 @@ def run_train(args) -> int:
 
 INFER_DESCRIPTION = """\
 Posterior over θ for every particle of a dataset (.star, .cs or .mrcs): particles
-are resampled to the model's box and pixel size, whitened with a noise PSD
-estimated from their background pixels, and normalised as in training. Writes
-OUTDIR/posterior.npz and posterior.csv (mean, median, std, 68 % and 95 %
-intervals, most probable template per particle), particles_sbi.star (the input
-with cryoconf* columns appended), noise_psd.npz and posterior plots.
+are recentred on the origins of their metadata (when it has any; --no-recenter
+keeps them as they are), resampled to the model's box and pixel size, whitened
+with a noise PSD estimated from their background pixels, and normalised as in
+training. Writes OUTDIR/posterior.npz and posterior.csv (mean, median, std,
+68 % and 95 % intervals, most probable template per particle), particles_sbi.star
+(the input with cryoconf* columns appended), noise_psd.npz and posterior plots.
 
 For a one-parameter posterior (θ alone) the summaries come from the flow itself by
 default (--summaries auto): exact quantiles and template probabilities, mean and
@@ -126,6 +127,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device")
 
 
+def _add_recenter_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recenter", action=argparse.BooleanOptionalAction, default=None,
+                   help="move each particle's centre, at −origin by the metadata (rlnOriginX/YAngst, cryoSPARC "
+                   "shifts), to the box centre first (default: when the file has non-zero origins)")
+
+
 def _register_infer(sub) -> None:
     p = sub.add_parser("infer", help="posterior over θ for every particle of a dataset",
                        description=INFER_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
@@ -143,6 +150,7 @@ def _register_infer(sub) -> None:
     p.add_argument("--no-whiten", action="store_true", help="do not whiten with the data's noise PSD")
     p.add_argument("--mask-radius", type=float, default=None,
                    help="radius (Å) outside which pixels count as background for the PSD (default: 0.8·box/2)")
+    _add_recenter_argument(p)
     _add_symmetrize_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_infer)
@@ -154,9 +162,10 @@ def run_infer(args) -> int:
     model = _load_model(args.run, args.load, args.device, args.symmetrize)
     result = infer_dataset(model, args.particles, args.outdir, datadir=args.datadir, ind=args.ind, apix=args.apix,
                            n_samples=args.samples, batch_size=args.batch_size, whiten=not args.no_whiten,
-                           mask_radius_A=args.mask_radius, summaries=args.summaries,
+                           mask_radius_A=args.mask_radius, summaries=args.summaries, recenter=args.recenter,
                            progress=not args.no_progress)
-    print(f"posterior of {len(result.indices)} particles written to {args.outdir}")
+    how = " (recentred on their origins)" if result.recentered else ""
+    print(f"posterior of {len(result.indices)} particles{how} written to {args.outdir}")
     return 0
 
 
@@ -260,6 +269,7 @@ def _register_mmd(sub) -> None:
     p.add_argument("--datadir", default=None, help="folder holding the image stacks")
     p.add_argument("--apix", type=float, default=None, help="pixel size of particle files (Å/px), overrides the file")
     p.add_argument("--no-whiten", action="store_true", help="do not whiten particle files (as `sbi infer --no-whiten`)")
+    _add_recenter_argument(p)
     p.add_argument("--plot", choices=["umap", "pca", "none"], default="umap", help="embedding plot")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=run_mmd)
@@ -293,7 +303,7 @@ def _embeddings(spec: str, model, run: str, n: int, args):
             simulator = SBISimulator.from_config(config, device=args.device)
         return embed_simulated(model, simulator, n, seed=seed, ctf=kind == "sim")
     return embed_particles(model, spec, datadir=args.datadir, apix=args.apix, max_particles=n,
-                           whiten=not args.no_whiten)
+                           whiten=not args.no_whiten, recenter=args.recenter)
 
 
 def run_mmd(args) -> int:

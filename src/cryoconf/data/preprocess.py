@@ -4,6 +4,9 @@ cryoSBI (Dingeldein et al.) downsampled experimental particles to the pixel
 and box size of the simulated images and whitened them; here the same, all
 from the particle metadata:
 
+0. **Recentre** (optional; ``prepare_dataset_batch(..., recenter=True)``): each
+   particle's centre, which its metadata puts at ``shifts_A`` = −origin, is moved
+   to the box centre by a Fourier phase shift at the particle's own pixel size.
 1. **Resample** (:func:`plan_resampling`, :func:`resample_particles`): the
    spectrum of a (box, box) image at apix is cropped (or zero-padded) to n
    pixels with n = box·apix/target_apix rounded, so the field of view is kept
@@ -57,6 +60,7 @@ __all__ = [
     "default_mask_radius_A",
     "estimate_batch_psd",
     "estimate_dataset_psd",
+    "has_origin_shifts",
     "plan_resampling",
     "prepare_dataset_batch",
     "prepare_particles",
@@ -390,19 +394,37 @@ def prepare_particles(
     return x
 
 
-def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: float, **kwargs) -> dict:
+def has_origin_shifts(dataset) -> bool:
+    """Whether the metadata of a :class:`ParticleDataset` gives particle centres off the box centre
+    (RELION rlnOriginX/YAngst or rlnOriginX/Y, cryoSPARC alignment shifts), for its selected rows."""
+    shifts = dataset.metadata.shifts_A
+    return shifts is not None and bool(np.any(np.asarray(shifts)[dataset.indices] != 0))
+
+
+def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: float, *, recenter: bool = False,
+                          **kwargs) -> dict:
     """Read and prepare particles ``positions`` of a :class:`ParticleDataset`, one pixel size at a time.
 
     Returns {"images": (B, target_box, target_box) in the order of ``positions``,
-    "indices": (B,) metadata rows}. ``kwargs`` go to :func:`prepare_particles`.
+    "indices": (B,) metadata rows}. ``recenter``: first move each particle's centre,
+    which the metadata puts at ``shifts_A`` = −origin, to the box centre (a Fourier
+    phase shift at the particle's own pixel size). ``kwargs`` go to :func:`prepare_particles`.
     """
     if dataset.stack is None:
         raise InputError("prepare_dataset_batch: the dataset has no images (load it with load_images=True)")
+    if recenter and dataset.shifts_A is None:
+        raise InputError(f"{dataset.metadata.source}: recentring needs particle origins (rlnOriginXAngst/"
+                         "rlnOriginYAngst in a STAR file, alignment shifts in a .cs file), and this file has none; "
+                         "do not ask to recentre")
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     out = None
     for g in _groups(dataset, pos):
         batch = dataset.batch(pos[g])
-        x = prepare_particles(batch["images"], batch["apix_A"], target_box, target_apix_A, **kwargs)
+        images = batch["images"]
+        if recenter:
+            images = shift_images(images.to(torch.float64), -batch["shifts_A"].to(torch.float64),
+                                  float(batch["apix_A"][0])).to(images.dtype)
+        x = prepare_particles(images, batch["apix_A"], target_box, target_apix_A, **kwargs)
         if out is None:
             out = torch.empty(pos.size, target_box, target_box, dtype=x.dtype)
         out[torch.as_tensor(g)] = x

@@ -1,6 +1,7 @@
 """``cryoconf sbi infer``: posterior over θ for every particle of a dataset.
 
-Particles are read lazily in batches, brought to the model's box and pixel size,
+Particles are read lazily in batches, recentred on the origins their metadata
+gives (when it gives any; ``recenter``), brought to the model's box and pixel size,
 whitened with a noise PSD estimated from the data's background pixels, and
 normalised exactly as in training (:func:`normalize_for_sbi`). Per batch only the
 summaries are kept, so memory does not grow with the number of particles or samples.
@@ -26,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cryoconf.data import load_particles, write_relion31_star
-from cryoconf.data.preprocess import estimate_dataset_psd, prepare_dataset_batch
+from cryoconf.data.preprocess import estimate_dataset_psd, has_origin_shifts, prepare_dataset_batch
 from cryoconf.errors import InputError
 from cryoconf.module_modes import evaluating
 from cryoconf.sbi.model import SBIModel
@@ -42,6 +43,7 @@ class InferenceResult:
     indices: np.ndarray  # (B,) metadata rows of the particles
     example_samples: np.ndarray  # (S, k, D) samples of the first k particles, for plots
     outputs: dict
+    recentered: bool = False  # whether the particles were recentred on their metadata's origins
 
 
 def infer_dataset(
@@ -59,6 +61,7 @@ def infer_dataset(
     psd_particles: int = 10_000,
     n_examples: int = 6,
     summaries: str = "auto",
+    recenter: bool | None = None,
     progress: bool = True,
 ) -> InferenceResult:
     """Posterior summaries for the particles of ``particles`` (.star/.cs/.mrcs), written to ``outdir``.
@@ -66,6 +69,10 @@ def infer_dataset(
     Writes ``posterior.npz``, ``posterior.csv``, a copy of the input STAR with
     ``cryoconf*`` columns appended (``particles_sbi.star``, for STAR/.cs input),
     ``posterior_examples.png`` and ``posterior_means.png``.
+
+    ``recenter``: move each particle's centre, at −origin by its metadata (RELION
+    rlnOriginX/YAngst, cryoSPARC alignment shifts), to the box centre before
+    anything else; None (default) does so when the metadata has non-zero origins.
     """
     if n_samples < 1:
         raise InputError(f"--samples must be ≥ 1, got {n_samples}")
@@ -74,6 +81,10 @@ def infer_dataset(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     dataset = load_particles(particles, datadir=datadir, ind=ind, apix=apix)
+    if recenter is None:
+        recenter = has_origin_shifts(dataset)
+    if recenter:
+        log.info("recentring the particles on the origins of %s", particles)
     box, apix_model = model.box, model.spec["apix_A"]
     psd = None
     if whiten:
@@ -85,7 +96,7 @@ def infer_dataset(
     bar = tqdm(total=len(positions), unit="particle", desc="sbi infer", disable=not progress)
     for start in range(0, len(positions), batch_size):
         batch = prepare_dataset_batch(dataset, positions[start:start + batch_size], box, apix_model,
-                                      noise_psd=psd, mask_radius_A=mask_radius_A, normalize=normalize_for_sbi)
+                                      recenter=recenter, noise_psd=psd, mask_radius_A=mask_radius_A, normalize=normalize_for_sbi)
         images = batch["images"]
         wanted = n_examples - sum(e.shape[1] for e in examples)
         parts.append(model.summarize(images, method=summaries, n_samples=n_samples))
@@ -116,7 +127,7 @@ def infer_dataset(
     outputs.update(plot_posteriors(example_samples, summary, templates, model.parameter_names, outdir, density))
     how = f"{n_samples} samples each" if not from_flow else "summaries from the flow"
     log.info("posterior for %d particles (%s) written to %s", len(indices), how, outdir)
-    return InferenceResult(summary, indices, example_samples, outputs)
+    return InferenceResult(summary, indices, example_samples, outputs, bool(recenter))
 
 
 @torch.no_grad()

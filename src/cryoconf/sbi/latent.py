@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cryoconf.data import load_particles
-from cryoconf.data.preprocess import estimate_dataset_psd, prepare_dataset_batch
+from cryoconf.data.preprocess import estimate_dataset_psd, has_origin_shifts, prepare_dataset_batch
 from cryoconf.module_modes import evaluating
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator, normalize_for_sbi
@@ -21,10 +21,13 @@ __all__ = ["embed_particles", "embed_simulated", "simulator_for_structure"]
 
 @torch.no_grad()
 def embed_particles(model: SBIModel, particles, *, datadir=None, ind=None, apix=None, max_particles=None,
-                    whiten: bool = True, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
-    """Embeddings (B, F) of particles read, resampled, whitened and normalised exactly as ``sbi infer`` does
-    (the model in eval mode)."""
+                    whiten: bool = True, recenter: bool | None = None, batch_size: int = 256,
+                    seed: int = 0) -> torch.Tensor:
+    """Embeddings (B, F) of particles read, recentred, resampled, whitened and normalised exactly as
+    ``sbi infer`` does (the model in eval mode; ``recenter`` None: when the metadata has origins)."""
     dataset = load_particles(particles, datadir=datadir, ind=ind, apix=apix)
+    if recenter is None:
+        recenter = has_origin_shifts(dataset)
     positions = np.arange(len(dataset))
     if max_particles is not None and len(positions) > max_particles:
         positions = np.sort(np.random.default_rng(seed).choice(positions, max_particles, replace=False))
@@ -33,7 +36,7 @@ def embed_particles(model: SBIModel, particles, *, datadir=None, ind=None, apix=
     with evaluating(model):
         for s in range(0, len(positions), batch_size):
             batch = prepare_dataset_batch(dataset, positions[s:s + batch_size], model.box, model.spec["apix_A"],
-                                          noise_psd=psd, normalize=normalize_for_sbi)
+                                          recenter=recenter, noise_psd=psd, normalize=normalize_for_sbi)
             out.append(model.embed(batch["images"]).cpu())
     return torch.cat(out)
 
