@@ -57,20 +57,9 @@ priors:
 posterior: {{parameters: [theta]}}
 embedding: {{name: cnn, params: {{channels: [16, 32, 64], hidden: 128, out_features: 64}}}}
 flow: {{transforms: 3, hidden_features: [64, 64], bins: 8}}
-training:
-  optimizer: adamw
-  lr: 1.0e-3
-  weight_decay: 0.01
-  clip_grad_norm: 5.0
-  batch_size: 128
-  steps: {steps}
-  lr_schedule: cosine
-  lr_decay_start: {decay}
-  lr_final: 5.0e-5
-  validation_size: 512
-  validation_interval: 100
-  checkpoint_interval: 500
-  seed: 0
+training: {{optimizer: adamw, lr: 1.0e-3, weight_decay: 0.01, clip_grad_norm: 5.0, batch_size: 128, steps: {steps},
+           lr_schedule: cosine, lr_decay_start: {decay}, lr_final: 5.0e-5, validation_size: 512,
+           validation_interval: 100, checkpoint_interval: 500, seed: 0}}
 """
 
 

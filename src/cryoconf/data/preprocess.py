@@ -415,7 +415,7 @@ def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: fl
     if recenter and dataset.shifts_A is None:
         raise InputError(f"{dataset.metadata.source}: recentring needs particle origins (rlnOriginXAngst/"
                          "rlnOriginYAngst in a STAR file, alignment shifts in a .cs file), and this file has none; "
-                         "do not ask to recentre")
+                         "leave out --recenter (recenter=True)")
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     out = None
     for g in _groups(dataset, pos):
