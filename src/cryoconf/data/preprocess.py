@@ -4,9 +4,6 @@ cryoSBI (Dingeldein et al.) downsampled experimental particles to the pixel
 and box size of the simulated images and whitened them; here the same, all
 from the particle metadata:
 
-0. **Recentre** (optional; ``prepare_dataset_batch(..., recenter=True)``): each
-   particle's centre, which its metadata puts at ``shifts_A`` = −origin, is moved
-   to the box centre by a Fourier phase shift at the particle's own pixel size.
 1. **Resample** (:func:`plan_resampling`, :func:`resample_particles`): the
    spectrum of a (box, box) image at apix is cropped (or zero-padded) to n
    pixels with n = box·apix/target_apix rounded, so the field of view is kept
@@ -15,7 +12,10 @@ from the particle metadata:
    box b' ≤ box, still covering the target field of view, for which
    b'·apix/target_apix is closest to an integer (the full box when that is
    exact); the pixel-size error must stay within ``rtol``. A sub-pixel phase
-   shift keeps the particle centre (pixel box//2) on pixel n//2.
+   shift keeps the particle centre (pixel box//2) on pixel n//2. Optionally
+   (``center_A``; ``prepare_dataset_batch(..., recenter=True)`` passes the
+   metadata's ``shifts_A`` = −origin) the same phase shift first moves each
+   particle's centre from where its metadata puts it to the box centre.
 2. **Field of view**: the resampled image is cropped (centred) to
    ``target_box`` — or padded with its own mean when it is smaller (the padded
    border holds no noise; avoid when possible).
@@ -169,11 +169,13 @@ def _single_apix(apix_A, b: int) -> float:
 
 
 def resample_particles(images, apix_A, target_box: int, target_apix_A: float, *, rtol: float = DEFAULT_RTOL,
-                       plan: ResamplePlan | None = None) -> tuple[torch.Tensor, ResamplePlan]:
+                       plan: ResamplePlan | None = None, center_A=None) -> tuple[torch.Tensor, ResamplePlan]:
     """Images (B, D, D) at ``apix_A`` → (B, target_box, target_box) at ≈ ``target_apix_A``, and the plan used.
 
     Values keep their units (per Å²): ``image.sum()·apix²`` is preserved by the
-    resampling (before any window crop).
+    resampling (before any window crop). ``center_A`` (B, 2) (x, y) Å: where each
+    particle's centre sits relative to the box centre; it is moved to the centre
+    (a periodic shift over the box, after any real-space crop).
     """
     x = _check_images(images)
     apix = _single_apix(apix_A, x.shape[0])
@@ -187,11 +189,15 @@ def resample_particles(images, apix_A, target_box: int, target_apix_A: float, *,
     if b_in < box:
         s = box // 2 - b_in // 2
         x = x[..., s:s + b_in, s:s + b_in]
+    # one phase shift: each particle's centre to the box centre, and that centre onto pixel n//2
+    move = torch.zeros(x.shape[0], 2, dtype=x.dtype, device=x.device)
+    if center_A is not None:
+        move -= torch.as_tensor(center_A, dtype=x.dtype, device=x.device).reshape(x.shape[0], 2)
     if n != b_in:
-        delta = (n // 2) * plan.apix_A - (b_in // 2) * apix  # keep the centre pixel's position
-        if abs(delta) > 1e-6 * apix:
-            sh = torch.full((x.shape[0], 2), delta, dtype=x.dtype, device=x.device)
-            x = shift_images(x, sh, apix)
+        move += (n // 2) * plan.apix_A - (b_in // 2) * apix
+    if move.numel() and float(move.abs().max()) > 1e-6 * apix:
+        x = shift_images(x, move, apix)
+    if n != b_in:
         x = fourier_crop(x, n) if n < b_in else fourier_pad(x, n)
     t = plan.target_box
     if n >= t:
@@ -337,6 +343,7 @@ def prepare_particles(
     target_apix_A: float,
     *,
     noise_psd: NoisePSD | str | None = None,
+    center_A=None,
     mask_radius_A: float | None = None,
     prenormalize: bool = True,
     lowpass_A: float | None = None,
@@ -349,13 +356,14 @@ def prepare_particles(
     ``noise_psd``: None (no whitening), ``"estimate"`` (from this batch's
     background), a :class:`NoisePSD` from :func:`estimate_dataset_psd` (its mask
     radius and ``prenormalize`` setting are used) or any PSD that
-    :func:`~cryoconf.imaging.filters.whiten` takes. PSD values below
+    :func:`~cryoconf.imaging.filters.whiten` takes. ``center_A`` (B, 2) Å: the particles'
+    centres relative to the box centre, moved to it (see :func:`resample_particles`). PSD values below
     ``psd_floor``·max are raised to it (frequencies without power, e.g. beyond
     the input's Nyquist after upsampling, are not amplified). ``normalize``:
     the training pipeline's per-image normalisation (None to skip). See the
     module docstring for the steps.
     """
-    x, plan = resample_particles(images, apix_A, target_box, target_apix_A, rtol=rtol)
+    x, plan = resample_particles(images, apix_A, target_box, target_apix_A, rtol=rtol, center_A=center_A)
     apix = plan.apix_A
     if noise_psd is not None:
         if isinstance(noise_psd, NoisePSD):
@@ -406,9 +414,9 @@ def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: fl
     """Read and prepare particles ``positions`` of a :class:`ParticleDataset`, one pixel size at a time.
 
     Returns {"images": (B, target_box, target_box) in the order of ``positions``,
-    "indices": (B,) metadata rows}. ``recenter``: first move each particle's centre,
-    which the metadata puts at ``shifts_A`` = −origin, to the box centre (a Fourier
-    phase shift at the particle's own pixel size). ``kwargs`` go to :func:`prepare_particles`.
+    "indices": (B,) metadata rows}. ``recenter``: move each particle's centre, which the
+    metadata puts at ``shifts_A`` = −origin, to the box centre (``center_A`` of
+    :func:`resample_particles`). ``kwargs`` go to :func:`prepare_particles`.
     """
     if dataset.stack is None:
         raise InputError("prepare_dataset_batch: the dataset has no images (load it with load_images=True)")
@@ -420,11 +428,8 @@ def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: fl
     out = None
     for g in _groups(dataset, pos):
         batch = dataset.batch(pos[g])
-        images = batch["images"]
-        if recenter:
-            images = shift_images(images.to(torch.float64), -batch["shifts_A"].to(torch.float64),
-                                  float(batch["apix_A"][0])).to(images.dtype)
-        x = prepare_particles(images, batch["apix_A"], target_box, target_apix_A, **kwargs)
+        x = prepare_particles(batch["images"], batch["apix_A"], target_box, target_apix_A,
+                              center_A=batch["shifts_A"] if recenter else None, **kwargs)
         if out is None:
             out = torch.empty(pos.size, target_box, target_box, dtype=x.dtype)
         out[torch.as_tensor(g)] = x

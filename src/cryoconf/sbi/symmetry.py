@@ -309,21 +309,17 @@ class PooledPosterior:
         extra = (a[k:], j[k:]) if extra_theta is not None else None
         return nodes, a[:k].mean(1), j[:k], extra
 
-    def _log_density(self, a: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        return self.temperature * a + (self.temperature - 1) * j
-
     @torch.no_grad()
     def grid(self, images: torch.Tensor) -> PooledGrid:
         """The pooled posteriors of checked images (B, box, box), tabulated."""
         nodes, a, j, _ = self._terms(images)
-        return PooledGrid(GridPosterior(nodes, self._log_density(a, j)), self.model.posterior)
+        return PooledGrid(GridPosterior(nodes, _log_density_z(self.temperature, a, j)), self.model.posterior)
 
     def log_prob(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """log q̄(θ | I): θ (P, B) → (P, B), normalised over the prior range."""
         with torch.no_grad():
             nodes, a, j, (a_at, j_at) = self._terms(images, theta)
-            norm = GridPosterior(nodes, self._log_density(a, j)).log_norm
-            return self.temperature * (a_at.mean(1) + j_at) - norm
+            return _log_q_theta(self.temperature, nodes, a, j, a_at.mean(1), j_at)
 
     @torch.no_grad()
     def terms_at_truth(self, images: torch.Tensor, truth: torch.Tensor):
@@ -333,10 +329,20 @@ class PooledPosterior:
         return nodes, a, j, a_at[0].mean(0), j_at[0], a_at[0, 0] + j_at[0]
 
 
+def _log_density_z(tau: float, a: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Unnormalised log q̄_τ in z from A (the views' mean log q in z) and J = log |dz/dθ|."""
+    return tau * a + (tau - 1) * j
+
+
+def _log_q_theta(tau: float, nodes, a, j, a_at, j_at) -> torch.Tensor:
+    """log q̄_τ(θ | I) in θ at points where A and J are ``a_at``, ``j_at`` (…, B), normalised
+    over the nodes (K, B) where they are ``a``, ``j``."""
+    return tau * (a_at + j_at) - GridPosterior(nodes, _log_density_z(tau, a, j)).log_norm
+
+
 def _nll(tau: float, nodes, a, j, a_at, j_at) -> float:
     """Mean −log q̄_τ(θ_true | I) over particles (in θ)."""
-    norm = GridPosterior(nodes, tau * a + (tau - 1) * j).log_norm
-    return float((norm - tau * (a_at + j_at)).mean())
+    return -float(_log_q_theta(tau, nodes, a, j, a_at, j_at).mean())
 
 
 def fit_temperature(nodes: torch.Tensor, a: torch.Tensor, a_at_truth: torch.Tensor, j: torch.Tensor | None = None,

@@ -302,6 +302,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = tc.lr_at(step)
+            t_net = t1  # the network's time starts after the teacher's draws
             if teacher is None:
                 loss = -net(targets, images).mean()
             else:
@@ -321,7 +322,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             _sync(dev)
             t2 = time.perf_counter()
             sim_s += t1 - t0
-            net_s += t2 - (t1 if teacher is None else t_net)
+            net_s += t2 - t_net
             n_timed += 1
             done = step + 1
             result.train_losses.append((done, lv))
