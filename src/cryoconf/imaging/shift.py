@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from cryoconf.imaging.grids import fourier_grid_inv_A
-
 __all__ = ["phase_ramp", "shift_images_ft", "shift_images"]
+
+
+def _axis_ramps(shifts_A: torch.Tensor, box: int, apix_A: float, rfft: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase factors along y (B, box, 1) and x (B, 1, W): the ramp is their product (it separates)."""
+    fy = torch.fft.fftfreq(box, d=apix_A, dtype=shifts_A.dtype, device=shifts_A.device)
+    fx = torch.fft.rfftfreq(box, d=apix_A, dtype=shifts_A.dtype, device=shifts_A.device) if rfft else fy
+    phase_y = -2.0 * torch.pi * fy[None] * shifts_A[:, 1, None]
+    phase_x = -2.0 * torch.pi * fx[None] * shifts_A[:, 0, None]
+    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)
+    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    return ramp_y[:, :, None], ramp_x[:, None, :]
 
 
 def phase_ramp(shifts_A: torch.Tensor, box: int, apix_A: float, rfft: bool = True) -> torch.Tensor:
     """Complex phase factors (B, box, box//2+1) (or (B, box, box)) for shifts (B,2) (x, y) in Å."""
-    fx, fy = fourier_grid_inv_A(box, apix_A, rfft=rfft, dtype=shifts_A.dtype, device=shifts_A.device)
-    phase = -2.0 * torch.pi * (fx[None] * shifts_A[:, 0, None, None] + fy[None] * shifts_A[:, 1, None, None])
-    return torch.polar(torch.ones_like(phase), phase)
+    ramp_y, ramp_x = _axis_ramps(shifts_A, box, apix_A, rfft)
+    return ramp_y * ramp_x
 
 
 def shift_images_ft(images_ft: torch.Tensor, shifts_A: torch.Tensor, apix_A: float, box: int | None = None) -> torch.Tensor:
@@ -28,7 +36,8 @@ def shift_images_ft(images_ft: torch.Tensor, shifts_A: torch.Tensor, apix_A: flo
     rfft = w != h
     if box is None:
         box = h
-    return images_ft * phase_ramp(shifts_A.to(images_ft.real.dtype), box, apix_A, rfft=rfft)
+    ramp_y, ramp_x = _axis_ramps(shifts_A.to(images_ft.real.dtype), box, apix_A, rfft)
+    return images_ft * ramp_y * ramp_x
 
 
 def shift_images(images: torch.Tensor, shifts_A: torch.Tensor, apix_A: float) -> torch.Tensor:
