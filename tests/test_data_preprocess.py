@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -77,6 +78,39 @@ def test_plan_crops_for_non_integer_ratio_and_keeps_the_centre():
         y, _ = resample_particles(img, apix, tb, ta)
         cy, cx = _centroid(y[0] - y[0, 0, 0])  # (a padded border holds the image mean)
         assert abs(cy - tb // 2) < 0.02 and abs(cx - tb // 2) < 0.02, (box, apix, tb, ta, cy, cx)
+
+
+def _seven_smooth(m: int) -> bool:
+    for p in (2, 3, 5, 7):
+        while m % p == 0:
+            m //= p
+    return m == 1
+
+
+def test_plan_prefers_fast_transform_sizes_with_a_margin_and_the_same_result():
+    # 320 px at 1 Å → 128 px at 1.5 Å: every crop b = 3k is exact; the full-box choice (318 → 212 = 4·53)
+    # costs 4× more than a crop with small prime factors that still keeps 16 px round the 192-Å target
+    plan = plan_resampling(320, 1.0, 128, 1.5)
+    assert plan.apix_A == pytest.approx(1.5, abs=1e-12)
+    assert _seven_smooth(plan.crop_in) and _seven_smooth(plan.box_resampled)
+    assert 192 + 32 <= plan.crop_in < 318
+    # no pair of fast sizes at the best pixel size (1.06/1.5 = 53/75): the most accurate plan stays
+    exact = plan_resampling(256, 1.06, 128, 1.5)
+    assert exact.apix_A == pytest.approx(1.5, abs=1e-12) and exact.box_resampled % 53 == 0
+    # a small box keeps all it has
+    assert plan_resampling(200, 1.0, 128, 1.5).crop_in >= 192
+    # the window holds the same (band-limited) particle, recentred, as with the whole box resampled
+    box, apix = 320, 1.0
+    img = torch.cat([_blob(box, apix, (box // 2 + 2.5, box // 2 - 3.0), sigma_A=5.0),
+                     _blob(box, apix, (box // 2 - 4.0, box // 2 + 1.5), sigma_A=7.0)])
+    centre_A = torch.tensor([[-3.0, 2.5], [1.5, -4.0]], dtype=torch.float64)  # (x, y) Å of each blob
+    whole = dataclasses.replace(plan, crop_in=318, box_resampled=212)  # the former choice (largest crop)
+    y_fast, _ = resample_particles(img, apix, 128, 1.5, center_A=centre_A)
+    y_whole, _ = resample_particles(img, apix, 128, 1.5, center_A=centre_A, plan=whole)
+    torch.testing.assert_close(y_fast, y_whole, rtol=0, atol=1e-9 * float(y_whole.abs().max()))
+    for y in y_fast:
+        cy, cx = _centroid(y)
+        assert abs(cy - 64) < 0.02 and abs(cx - 64) < 0.02
 
 
 def test_plan_errors_are_input_errors():

@@ -1,13 +1,16 @@
 import math
 
+import pytest
 import torch
 
+from cryoconf.errors import InputError
 from cryoconf.imaging.filters import (
-    circular_mask, estimate_noise_psd, fourier_crop, fourier_pad, lowpass, normalize_images, whiten,
+    circular_mask, crop_rfft, estimate_noise_psd, fourier_crop, fourier_pad, lowpass, normalize_images, whiten,
 )
 from cryoconf.imaging.noise import add_white_noise, coloured_noise, signal_variance
 from cryoconf.imaging.projection import project_gaussians
 from cryoconf.imaging.rotations import random_rotations
+from cryoconf.imaging.shift import shift_images, shift_images_ft
 
 D = torch.float64
 
@@ -92,6 +95,18 @@ def test_fourier_crop_samples_band_limited_images_on_the_coarse_grid():
     for box in (32, 33):  # new_box = box: the images themselves
         z = torch.randn(2, box, box, dtype=D, generator=torch.Generator().manual_seed(box))
         assert torch.allclose(fourier_crop(z, box), z, atol=1e-12)
+
+
+def test_crop_rfft_shares_one_transform_with_a_phase_shift():
+    # one rfft2 → phase shift → crop_rfft → irfft2 equals shift_images then fourier_crop (two transform pairs)
+    g = torch.Generator().manual_seed(9)
+    for box, n in ((64, 43), (64, 32), (45, 30), (45, 45)):
+        x = torch.randn(3, box, box, generator=g, dtype=D)
+        t = torch.randn(3, 2, generator=g, dtype=D) * 3
+        fused = torch.fft.irfft2(crop_rfft(shift_images_ft(torch.fft.rfft2(x), t, 1.2, box), box, n), s=(n, n))
+        assert torch.allclose(fused, fourier_crop(shift_images(x, t, 1.2), n), atol=1e-12), (box, n)
+    with pytest.raises(InputError, match="half spectrum"):
+        crop_rfft(torch.fft.rfft2(x), 64, 32)  # x is 45 px
 
 
 def test_lowpass_and_masks_and_normalisation():

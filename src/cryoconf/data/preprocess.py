@@ -5,14 +5,17 @@ and box size of the simulated images and whitened them; here the same, all
 from the particle metadata:
 
 1. **Resample** (:func:`plan_resampling`, :func:`resample_particles`): the
-   spectrum of a (box, box) image at apix is cropped (or zero-padded) to n
-   pixels with n = box·apix/target_apix rounded, so the field of view is kept
-   and the new pixel size is box·apix/n. When that is not within ``rtol`` of
-   the target, the image is first cropped in real space (centred) to the
-   box b' ≤ box, still covering the target field of view, for which
-   b'·apix/target_apix is closest to an integer (the full box when that is
-   exact); the pixel-size error must stay within ``rtol``. A sub-pixel phase
-   shift keeps the particle centre (pixel box//2) on pixel n//2. Optionally
+   image is cropped in real space (centred) to a box b ≤ box that still
+   covers the target field of view, and its spectrum is cropped (or
+   zero-padded) to n = b·apix/target_apix rounded pixels, so the field of
+   view is kept and the new pixel size is b·apix/n. The plan takes the b with
+   the smallest pixel-size error (which must be within ``rtol``; errors below
+   10⁻⁴ count as equal); among those, one that keeps at least 16 input pixels
+   round the target field of view (when the box has them: room for
+   recentring and for the ringing at the box edge) and whose two transform
+   sizes are fastest (no prime factor above 7, small). A sub-pixel phase
+   shift keeps the particle centre (pixel b//2) on pixel n//2, in the same
+   transform as the spectrum crop. Optionally
    (``center_A``; ``prepare_dataset_batch(..., recenter=True)`` passes the
    metadata's ``shifts_A`` = −origin) the same phase shift first moves each
    particle's centre from where its metadata puts it to the box centre.
@@ -44,15 +47,15 @@ import torch
 from cryoconf.errors import InputError, all_finite
 from cryoconf.imaging.filters import (
     circular_mask,
+    crop_rfft,
     estimate_noise_psd,
     evaluate_psd,
-    fourier_crop,
     fourier_pad,
     lowpass,
     normalize_images,
     whiten,
 )
-from cryoconf.imaging.shift import shift_images
+from cryoconf.imaging.shift import shift_images, shift_images_ft
 
 __all__ = [
     "NoisePSD",
@@ -69,6 +72,9 @@ __all__ = [
 
 DEFAULT_RTOL = 2e-3
 DEFAULT_MASK_FRACTION = 0.8
+_CHUNK_PIXELS = 1 << 21
+_EQUAL_APIX_RTOL = 1e-4  # pixel-size errors this small count as equal (0.006 px across a 64-px radius)
+_MARGIN_PX = 16  # input pixels kept round the target field of view, where the box has them (see plan_resampling)
 
 
 @dataclass(frozen=True)
@@ -125,21 +131,32 @@ def plan_resampling(box: int, apix_A: float, target_box: int, target_apix_A: flo
     ratio = apix_A / target_apix_A
     # the largest crop still covering the target field of view (or the whole box when it is smaller)
     min_crop = min(box, max(2, math.ceil(target_box * target_apix_A / apix_A - 1e-6)))
-    # the smallest pixel-size error wins (ties: the larger crop); cropping never cuts into the target field of view
-    best = None
+    candidates = []  # (crop, resampled box, pixel-size error)
     for b in range(box, min_crop - 1, -1):
         n = max(1, round(b * ratio))
-        err = abs(b * apix_A / n / target_apix_A - 1.0)
-        if best is None or err < best[2] - 1e-12:
-            best = (b, n, err)
-    b, n, err = best
-    if err <= rtol:
-        return ResamplePlan(box, float(apix_A), b, n, b * apix_A / n, target_box, float(target_apix_A))
-    raise InputError(
-        f"cannot resample {box}-px particles at {apix_A:.6g} Å/px to {target_apix_A:.6g} Å/px: the closest "
-        f"(crop {b} px → {n} px) gives {b * apix_A / n:.6g} Å/px ({100 * err:.3g}% off, tolerance "
-        f"{100 * rtol:.3g}%); raise the tolerance (rtol) or train the model at {b * apix_A / n:.6g} Å/px"
-    )
+        candidates.append((b, n, abs(b * apix_A / n / target_apix_A - 1.0)))
+    b, n, err = min(candidates, key=lambda c: (c[2], -c[0]))
+    if err > rtol:
+        raise InputError(
+            f"cannot resample {box}-px particles at {apix_A:.6g} Å/px to {target_apix_A:.6g} Å/px: the closest "
+            f"(crop {b} px → {n} px) gives {b * apix_A / n:.6g} Å/px ({100 * err:.3g}% off, tolerance "
+            f"{100 * rtol:.3g}%); raise the tolerance (rtol) or train the model at {b * apix_A / n:.6g} Å/px"
+        )
+    # the most accurate pixel sizes (errors below _EQUAL_APIX_RTOL count as equal); of those, with a margin
+    # round the target field of view where the box has one, the pair of transform sizes that is fastest
+    accurate = [c for c in candidates if c[2] <= max(err, _EQUAL_APIX_RTOL)]
+    wide = [c for c in accurate if c[0] >= min(box, min_crop + 2 * _MARGIN_PX)]
+    b, n, _ = min(wide or accurate[:1], key=lambda c: (_fft_cost(c[0]) + _fft_cost(c[1]), -c[0]))
+    return ResamplePlan(box, float(apix_A), b, n, b * apix_A / n, target_box, float(target_apix_A))
+
+
+def _fft_cost(m: int) -> float:
+    """Relative cost of an (m, m) FFT: m²·log m, four times that unless m has no prime factor above 7."""
+    k = m
+    for p in (2, 3, 5, 7):
+        while k % p == 0:
+            k //= p
+    return m * m * math.log2(max(m, 2)) * (1.0 if k == 1 else 4.0)
 
 
 def _check_images(images) -> torch.Tensor:
@@ -185,20 +202,40 @@ def resample_particles(images, apix_A, target_box: int, target_apix_A: float, *,
     elif plan.box_in != box or abs(plan.apix_in_A - apix) > 1e-6 * apix:
         raise InputError(f"resampling plan is for {plan.box_in} px at {plan.apix_in_A} Å/px, "
                          f"images are {box} px at {apix} Å/px")
-    b_in, n = plan.crop_in, plan.box_resampled
-    if b_in < box:
-        s = box // 2 - b_in // 2
-        x = x[..., s:s + b_in, s:s + b_in]
     # one phase shift: each particle's centre to the box centre, and that centre onto pixel n//2
     move = torch.zeros(x.shape[0], 2, dtype=x.dtype, device=x.device)
     if center_A is not None:
         move -= torch.as_tensor(center_A, dtype=x.dtype, device=x.device).reshape(x.shape[0], 2)
-    if n != b_in:
-        move += (n // 2) * plan.apix_A - (b_in // 2) * apix
-    if move.numel() and float(move.abs().max()) > 1e-6 * apix:
-        x = shift_images(x, move, apix)
-    if n != b_in:
-        x = fourier_crop(x, n) if n < b_in else fourier_pad(x, n)
+    if plan.box_resampled != plan.crop_in:
+        move += (plan.box_resampled // 2) * plan.apix_A - (plan.crop_in // 2) * apix
+    shifts = bool(move.numel()) and float(move.abs().max()) > 1e-6 * apix
+    # in chunks of ~2 M pixels: large transforms of whole batches run 2× slower per image on a CPU
+    chunk = max(1, _CHUNK_PIXELS // (box * box)) if x.device.type == "cpu" else x.shape[0]
+    out = [_resample_chunk(x[i:i + chunk], move[i:i + chunk] if shifts else None, plan)
+           for i in range(0, x.shape[0], chunk)]
+    if not out:  # no images
+        return x.new_zeros(0, plan.target_box, plan.target_box), plan
+    return (torch.cat(out) if len(out) > 1 else out[0]).contiguous(), plan
+
+
+def _resample_chunk(x: torch.Tensor, move_A: torch.Tensor | None, plan: ResamplePlan) -> torch.Tensor:
+    """:func:`resample_particles` of images (B, box_in, box_in), moved by ``move_A`` (B, 2) Å (or not)."""
+    box, b_in, n, apix = plan.box_in, plan.crop_in, plan.box_resampled, plan.apix_in_A
+    if b_in < box:
+        s = box // 2 - b_in // 2
+        x = x[..., s:s + b_in, s:s + b_in]
+    shifts = move_A is not None
+    if n < b_in:
+        # the shift and the crop share one transform pair (the big one: the input box)
+        ft = torch.fft.rfft2(x)
+        if shifts:
+            ft = shift_images_ft(ft, move_A, apix, b_in)
+        x = torch.fft.irfft2(crop_rfft(ft, b_in, n), s=(n, n))
+    else:
+        if shifts:
+            x = shift_images(x, move_A, apix)
+        if n > b_in:
+            x = fourier_pad(x, n)
     t = plan.target_box
     if n >= t:
         s = n // 2 - t // 2
@@ -208,7 +245,7 @@ def resample_particles(images, apix_A, target_box: int, target_apix_A: float, *,
         o = t // 2 - n // 2
         out[..., o:o + n, o:o + n] = x
         x = out
-    return x.contiguous(), plan
+    return x
 
 
 def default_mask_radius_A(target_box: int, apix_A: float) -> float:
@@ -394,7 +431,7 @@ def prepare_particles(
             if not bool(torch.isfinite(v).all()) or not bool((v >= 0).all()) or not float(v.max()) > 0:
                 raise InputError("noise PSD has negative, NaN or all-zero values; re-estimate it on more particles")
             table = (f, v.clamp_min(psd_floor * float(v.max())))
-        x = whiten(x.to(torch.float64), apix, table).to(x.dtype)
+        x = whiten(x, apix, table)
     if lowpass_A is not None:
         x = lowpass(x, apix, lowpass_A)
     if normalize is not None:

@@ -17,7 +17,7 @@ from cryoconf.errors import InputError
 from cryoconf.imaging.grids import fourier_grid_inv_A
 
 __all__ = [
-    "fourier_crop", "fourier_pad", "lowpass", "circular_mask", "normalize_images",
+    "crop_rfft", "fourier_crop", "fourier_pad", "lowpass", "circular_mask", "normalize_images",
     "radial_frequency_inv_A", "evaluate_psd", "estimate_noise_psd", "whiten",
 ]
 
@@ -66,13 +66,27 @@ def fourier_crop(images: torch.Tensor, new_box: int) -> torch.Tensor:
     if new_box == box:
         return images.clone()
     # real input: the half spectrum (6× faster than the full complex one at box 128)
-    ft = _crop_axis(torch.fft.rfft2(images), new_box, -2)[..., : new_box // 2 + 1]
+    return torch.fft.irfft2(crop_rfft(torch.fft.rfft2(images), box, new_box), s=(new_box, new_box))
+
+
+def crop_rfft(images_ft: torch.Tensor, box: int, new_box: int) -> torch.Tensor:
+    """Half spectrum (…, box, box//2+1) of a real (box, box) image → that of its Fourier crop to new_box.
+
+    ``irfft2(crop_rfft(rfft2(x), box, n), s=(n, n))`` is :func:`fourier_crop` (x, n), scale included, so
+    other Fourier-space steps (a phase shift) can share the one transform.
+    """
+    if not 1 <= new_box <= box or images_ft.shape[-2:] != (box, box // 2 + 1):
+        raise InputError(f"crop_rfft: a ({box}, {box // 2 + 1}) half spectrum cropped to 1 ≤ new_box ≤ {box}; "
+                         f"got shape {tuple(images_ft.shape[-2:])} and new_box {new_box}")
+    if new_box == box:
+        return images_ft
+    ft = _crop_axis(images_ft, new_box, -2)[..., : new_box // 2 + 1]
     if new_box % 2 == 0:
         # the small grid's Nyquist column is the sum of the big grid's ±new_box/2 columns; the
         # half spectrum holds only +new_box/2, and the −new_box/2 one is its Hermitian mirror,
         # which is what irfft2 sees when the column is doubled
         ft = torch.cat([ft[..., : new_box // 2], 2 * ft[..., new_box // 2:]], dim=-1)
-    return torch.fft.irfft2(ft, s=(new_box, new_box)) * (new_box * new_box) / (box * box)
+    return ft * ((new_box * new_box) / (box * box))
 
 
 def fourier_pad(images: torch.Tensor, new_box: int) -> torch.Tensor:
