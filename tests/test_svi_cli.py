@@ -12,7 +12,6 @@ from _structure_helpers import write_synthetic_pdb
 
 from cryoconf.cli.main import main
 from cryoconf.data.mrcwriter import write_mrcs
-from cryoconf.structure.readers import read_structure
 from cryoconf.svi.config import SVIConfig
 from cryoconf.svi.setup import SVIData, build_model
 

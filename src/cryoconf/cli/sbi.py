@@ -109,10 +109,6 @@ def _load_run(run: str, load: str, device: str, symmetrize: bool = False):
     return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
 
 
-def _load_model(run: str, load: str, device: str, symmetrize: bool = False):
-    return _load_run(run, load, device, symmetrize)[0]
-
-
 def _add_symmetrize_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetrize", action="store_true",
                    help="pool the posterior over the 8 rotations and mirrors of each image, at the temperature "
@@ -159,7 +155,7 @@ def _register_infer(sub) -> None:
 def run_infer(args) -> int:
     from cryoconf.sbi.inference import infer_dataset
 
-    model = _load_model(args.run, args.load, args.device, args.symmetrize)
+    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
     result = infer_dataset(model, args.particles, args.outdir, datadir=args.datadir, ind=args.ind, apix=args.apix,
                            n_samples=args.samples, batch_size=args.batch_size, whiten=not args.no_whiten,
                            mask_radius_A=args.mask_radius, summaries=args.summaries, recenter=args.recenter,
@@ -200,7 +196,7 @@ def run_calibrate(args) -> int:
     from cryoconf.sbi.evaluation import evaluate_posterior
     from cryoconf.sbi.simulator import SBISimulator
 
-    model = _load_model(args.run, args.load, args.device, args.symmetrize)
+    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
     simulator = SBISimulator.from_config(load_config(Path(args.run) / "config.yaml"), device=args.device)
     particles = None
     if args.particles_config is not None:
@@ -240,7 +236,7 @@ def _register_scan(sub) -> None:
 def run_scan(args) -> int:
     from cryoconf.sbi.scan import read_micrograph, save_scan, scan_micrograph
 
-    model = _load_model(args.run, args.load, args.device, args.symmetrize)
+    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
     micrograph, apix = read_micrograph(args.micrograph, args.apix)
     result = scan_micrograph(model, micrograph, apix, stride=args.stride, window_px=args.window,
                              n_samples=args.samples, batch_size=args.batch_size, progress=not args.no_progress)
@@ -312,7 +308,7 @@ def run_mmd(args) -> int:
 
     from cryoconf.sbi.mmd import mmd_test, plot_embeddings
 
-    model = _load_model(args.run, args.load, args.device)
+    model, _ = _load_run(args.run, args.load, args.device)
     a = _embeddings(args.set_a, model, args.run, args.n_per_set, args)
     b = _embeddings(args.set_b, model, args.run, args.n_per_set, args)
     result = mmd_test(a, b, n_per_set=min(args.n_per_set, len(a), len(b)), n_trials=args.trials,

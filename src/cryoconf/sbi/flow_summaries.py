@@ -27,12 +27,16 @@ posterior this is both the faster and the more accurate summary.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from cryoconf.errors import InputError
 from cryoconf.sbi.posterior import BoundedFlow
-from cryoconf.sbi.summaries import QUANTILES, PosteriorSummary, _as_templates
+from cryoconf.sbi.summaries import (
+    QUANTILES,
+    PosteriorSummary,
+    template_cell_edges,
+    template_probabilities_from_cdf,
+)
 
 __all__ = ["BASE_RANGE", "DEFAULT_NODES", "summarize_flow"]
 
@@ -58,31 +62,6 @@ def _quantile_curve(p_base: torch.Tensor, theta_base: torch.Tensor, theta_grid: 
     return p, theta.gather(0, order)
 
 
-def _inner_edges(templates: torch.Tensor, edges=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The M − 1 inner cell edges in increasing θ and the templates' increasing-θ order (M,)."""
-    t = templates[:, 0]
-    m = t.numel()
-    order = torch.argsort(t, stable=True)
-    if edges is not None:
-        e = torch.as_tensor(np.array(edges, dtype=np.float64)).reshape(-1)
-        if e.numel() != m + 1 or not bool((e[1:] > e[:-1]).all()):
-            raise InputError(f"template cell edges must be {m + 1} increasing values (M + 1 for M templates)")
-        return e[1:-1], order
-    ts = t[order]
-    return 0.5 * (ts[1:] + ts[:-1]), order
-
-
-def _cell_probabilities(cdf_inner: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """(B, M) posterior mass of each template's cell from the CDF (M − 1, B) at the inner edges."""
-    b = cdf_inner.shape[1]
-    zeros = torch.zeros(1, b, dtype=torch.float64, device=cdf_inner.device)
-    cdf = torch.cat([zeros, cdf_inner.double(), zeros + 1])
-    probs_sorted = (cdf[1:] - cdf[:-1]).clamp_min(0.0).T  # (B, M) in increasing-θ order
-    probs = torch.empty_like(probs_sorted)
-    probs[:, order.to(cdf_inner.device)] = probs_sorted
-    return probs
-
-
 @torch.no_grad()
 def summarize_flow(flow: BoundedFlow, context: torch.Tensor, templates=None, *, edges=None,
                    nodes: int = DEFAULT_NODES) -> PosteriorSummary:
@@ -106,10 +85,9 @@ def summarize_flow(flow: BoundedFlow, context: torch.Tensor, templates=None, *, 
     low, high = float(flow.low[0]), float(flow.high[0])
     n_grid = max(8, nodes // 2)
     theta_grid = low + (high - low) * (torch.arange(n_grid, dtype=torch.float64) + 0.5) / n_grid
-    t = inner = order = None
+    inner = order = None
     if templates is not None:
-        t = _as_templates(templates, 1)
-        inner, order = _inner_edges(t, edges)
+        inner, order = template_cell_edges(templates, edges)
 
     dist = flow.flow(context)                                   # the conditioning network, once
     q = flow.quantile(torch.cat([p_base, levels]), context, dist=dist).double()  # (nodes + 5, B)
@@ -126,11 +104,6 @@ def summarize_flow(flow: BoundedFlow, context: torch.Tensor, templates=None, *, 
         mean=mean[:, None].numpy(), std=std[:, None].numpy(),
         quantiles={label: quant[k][:, None].numpy() for k, (label, _) in enumerate(QUANTILES)},
         n_samples=0, method=f"flow: exact quantiles and cell masses, mean/std by {nodes}-node quadrature")
-    if t is not None:
-        probs = _cell_probabilities(cdf[n_grid:], order).cpu().numpy()
-        idx = probs.argmax(axis=1)
-        out.template_probs = probs
-        out.template_index = idx
-        out.template_theta = t.numpy()[idx]
-        out.template_prob = probs[np.arange(len(idx)), idx]
+    if templates is not None:
+        out.set_template_probabilities(template_probabilities_from_cdf(cdf[n_grid:], order).cpu().numpy(), templates)
     return out

@@ -83,6 +83,36 @@ def sample_quantiles(x: torch.Tensor, q, dim: int = 0) -> torch.Tensor:
     return xs[lo] * (1 - w) + xs[hi] * w
 
 
+def template_cell_edges(templates, edges=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The M − 1 inner cell edges (increasing θ) of 1D templates (M,) and the templates' increasing-θ order (M,).
+
+    Midpoints between neighbouring templates by default, else the inner values of
+    ``edges`` (M + 1 increasing values, as ``TemplatePrior.edges``).
+    """
+    t = _as_templates(templates, 1)[:, 0]
+    m = t.numel()
+    order = torch.argsort(t, stable=True)
+    if edges is not None:
+        e = torch.as_tensor(np.array(edges, dtype=np.float64)).reshape(-1)
+        if e.numel() != m + 1 or not bool((e[1:] > e[:-1]).all()):
+            raise InputError(f"template cell edges must be {m + 1} increasing values (M + 1 for M templates)")
+        return e[1:-1].contiguous(), order
+    ts = t[order]
+    return (0.5 * (ts[1:] + ts[:-1])).contiguous(), order
+
+
+def template_probabilities_from_cdf(cdf_inner: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, M) posterior mass of each template's cell from the posterior CDF (M − 1, B) at the inner
+    edges of :func:`template_cell_edges` (``order`` from there too)."""
+    b = cdf_inner.shape[1]
+    zeros = torch.zeros(1, b, dtype=torch.float64, device=cdf_inner.device)
+    cdf = torch.cat([zeros, cdf_inner.double(), zeros + 1])
+    probs_sorted = (cdf[1:] - cdf[:-1]).clamp_min(0.0).T  # (B, M) in increasing-θ order
+    probs = torch.empty_like(probs_sorted)
+    probs[:, order.to(cdf_inner.device)] = probs_sorted
+    return probs
+
+
 def assign_templates(samples, templates, edges=None, chunk: int = 1 << 22) -> torch.Tensor:
     """Index (S, B) into ``templates`` of the cell of every sample.
 
@@ -93,21 +123,13 @@ def assign_templates(samples, templates, edges=None, chunk: int = 1 << 22) -> to
     x = _as_samples(samples)
     t = _as_templates(templates, x.shape[-1]).to(x.device)
     m = t.shape[0]
-    if edges is not None:
-        if x.shape[-1] != 1:
-            raise InputError("template cell edges are only defined for a 1D θ")
-        e = torch.as_tensor(edges, dtype=torch.float64, device=x.device).reshape(-1)
-        if e.numel() != m + 1 or not bool((e[1:] > e[:-1]).all()):
-            raise InputError(f"template cell edges must be {m + 1} increasing values (M + 1 for M templates)")
-        inner = e[1:-1].contiguous()
-        order = torch.argsort(t[:, 0], stable=True)
-        return order[torch.searchsorted(inner, x[..., 0].contiguous(), right=True)]
+    if edges is not None and x.shape[-1] != 1:
+        raise InputError("template cell edges are only defined for a 1D θ")
     if x.shape[-1] == 1:
-        order = torch.argsort(t[:, 0])
-        ts = t[order, 0]
-        mids = (0.5 * (ts[1:] + ts[:-1])).contiguous()
-        # a sample exactly on a midpoint goes to the lower template
-        return order[torch.searchsorted(mids, x[..., 0].contiguous(), right=False)]
+        inner, order = template_cell_edges(t.cpu(), edges)
+        # a sample exactly on a midpoint goes to the lower template, on an explicit edge to the upper cell
+        i = torch.searchsorted(inner.to(x.device), x[..., 0].contiguous(), right=edges is not None)
+        return order.to(x.device)[i]
     flat = x.reshape(-1, x.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.long, device=x.device)
     step = max(1, chunk // max(1, m))
@@ -167,6 +189,14 @@ class PosteriorSummary:
     def __len__(self) -> int:
         return self.mean.shape[0]
 
+    def set_template_probabilities(self, probs: np.ndarray, templates) -> None:
+        """Store the (B, M) template probabilities and, from them, the most probable template of each particle."""
+        t = _as_templates(templates, self.mean.shape[1]).numpy()
+        idx = probs.argmax(axis=1)
+        self.template_probs, self.template_index = probs, idx
+        self.template_theta = t[idx]
+        self.template_prob = probs[np.arange(len(idx)), idx]
+
     @staticmethod
     def concat(parts: "list[PosteriorSummary]") -> "PosteriorSummary":
         """Join the summaries of consecutive batches of particles."""
@@ -211,13 +241,7 @@ def summarize_samples(samples, templates=None, *, edges=None, chunk: int = 4096)
         quantiles={label: quant[k].numpy() for k, (label, _) in enumerate(QUANTILES)}, n_samples=s,
     )
     if probs is not None:
-        t = _as_templates(templates, d).numpy()
-        p = probs.numpy()
-        idx = p.argmax(axis=1)
-        out.template_probs = p
-        out.template_index = idx
-        out.template_theta = t[idx]
-        out.template_prob = p[np.arange(b), idx]
+        out.set_template_probabilities(probs.numpy(), templates)
     return out
 
 

@@ -37,11 +37,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.summaries import QUANTILES, PosteriorSummary, _as_templates
+from cryoconf.sbi.summaries import QUANTILES, PosteriorSummary, template_cell_edges, template_probabilities_from_cdf
 
 __all__ = [
     "GROUP_SIZE",
@@ -215,8 +214,6 @@ class GridPosterior:
         ``to_value`` / ``from_value``: an increasing map from the tabulated variable to the
         reported one and its inverse (e.g. z ↔ θ), applied to quantiles and cell edges.
         """
-        from cryoconf.sbi.flow_summaries import _cell_probabilities, _inner_edges
-
         to_value = to_value or (lambda x: x)
         from_value = from_value or (lambda x: x)
         mean, std = self.moments(to_value)
@@ -227,13 +224,9 @@ class GridPosterior:
             n_samples=0, method="D4-pooled posterior: exact quantiles and cell masses of the tabulated density, "
             "mean/std by quadrature")
         if templates is not None:
-            t = _as_templates(templates, 1)
-            inner, order = _inner_edges(t, edges)
-            probs = _cell_probabilities(self.cdf(from_value(inner.to(self.nodes.device))), order).cpu().numpy()
-            idx = probs.argmax(axis=1)
-            out.template_probs, out.template_index = probs, idx
-            out.template_theta = t.numpy()[idx]
-            out.template_prob = probs[np.arange(len(idx)), idx]
+            inner, order = template_cell_edges(templates, edges)
+            cdf_inner = self.cdf(from_value(inner.to(self.nodes.device)))
+            out.set_template_probabilities(template_probabilities_from_cdf(cdf_inner, order).cpu().numpy(), templates)
         return out
 
 
