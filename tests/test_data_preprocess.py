@@ -265,6 +265,20 @@ def test_prepare_dataset_batch_groups_by_pixel_size():
     assert out["indices"].tolist() == [3, 0, 1, 2]
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prepare_dataset_batch_on_a_device_matches_the_default(device):
+    ds = _TwoPixelSizes()
+    psd = estimate_dataset_psd(ds, 32, 3.0, positions=[0, 1, 2, 3])
+    ref = prepare_dataset_batch(ds, [3, 0, 1, 2], 32, 3.0, noise_psd=psd)
+    out = prepare_dataset_batch(ds, [3, 0, 1, 2], 32, 3.0, noise_psd=psd, device=device)
+    assert out["images"].device.type == device
+    torch.testing.assert_close(out["images"].cpu(), ref["images"], rtol=1e-4, atol=1e-4)
+    assert prepare_dataset_batch(ds, [], 32, 3.0, device=device)["images"].shape == (0, 32, 32)
+
+
 def test_all_finite_is_exact_where_the_sum_overflows():
     from cryoconf.errors import all_finite
 

@@ -447,13 +447,15 @@ def has_origin_shifts(dataset) -> bool:
 
 
 def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: float, *, recenter: bool = False,
-                          **kwargs) -> dict:
+                          device=None, **kwargs) -> dict:
     """Read and prepare particles ``positions`` of a :class:`ParticleDataset`, one pixel size at a time.
 
     Returns {"images": (B, target_box, target_box) in the order of ``positions``,
     "indices": (B,) metadata rows}. ``recenter``: move each particle's centre, which the
     metadata puts at ``shifts_A`` = −origin, to the box centre (``center_A`` of
-    :func:`resample_particles`). ``kwargs`` go to :func:`prepare_particles`.
+    :func:`resample_particles`). ``device``: where the images are prepared and returned
+    (default: where the reader puts them, the CPU); on a GPU the preparation costs next to
+    nothing. ``kwargs`` go to :func:`prepare_particles`.
     """
     if dataset.stack is None:
         raise InputError("prepare_dataset_batch: the dataset has no images (load it with load_images=True)")
@@ -465,11 +467,12 @@ def prepare_dataset_batch(dataset, positions, target_box: int, target_apix_A: fl
     out = None
     for g in _groups(dataset, pos):
         batch = dataset.batch(pos[g])
-        x = prepare_particles(batch["images"], batch["apix_A"], target_box, target_apix_A,
+        images = batch["images"] if device is None else torch.as_tensor(batch["images"]).to(device)
+        x = prepare_particles(images, batch["apix_A"], target_box, target_apix_A,
                               center_A=batch["shifts_A"] if recenter else None, **kwargs)
         if out is None:
-            out = torch.empty(pos.size, target_box, target_box, dtype=x.dtype)
-        out[torch.as_tensor(g)] = x
+            out = torch.empty(pos.size, target_box, target_box, dtype=x.dtype, device=x.device)
+        out[torch.as_tensor(g, device=x.device)] = x
     if out is None:
-        out = torch.empty(0, target_box, target_box)
+        out = torch.empty(0, target_box, target_box, device=device)
     return {"images": out, "indices": torch.as_tensor(dataset.indices[pos])}
