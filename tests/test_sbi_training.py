@@ -159,6 +159,16 @@ def test_resume_is_exact(toy_ensemble, tmp_path):
     rows = [r.split(",") for r in (tmp_path / "b" / "loss.csv").read_text().splitlines()[1:]]
     assert [int(r[0]) for r in rows if r[1]] == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were not duplicated
     assert [int(r[0]) for r in rows if r[2]] == [2, 3, 4, 6]  # validation every 2 steps and at the end of each call
+    # a time limit stops with a checkpoint, and --load latest continues exactly
+    limited = train_sbi(cfg(), tmp_path / "t", steps=6, progress=False, time_limit_s=1e-9)
+    assert limited.step == 1 and limited.train_losses == straight.train_losses[:1]
+    assert limited.checkpoint.name == "checkpoint.1.pt" and limited.timings["steps"] == 1
+    cont = train_sbi(cfg(), tmp_path / "t", steps=6, load="latest", progress=False)
+    assert cont.train_losses == straight.train_losses[1:]
+    sc = cont.model.state_dict()
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
+    with pytest.raises(InputError, match="time limit"):
+        train_sbi(cfg(), tmp_path / "u", steps=6, progress=False, time_limit_s=0)
     with pytest.raises(InputError, match="already holds checkpoints"):
         train_sbi(cfg(), tmp_path / "b", steps=8, progress=False)
     changed = cfg()
@@ -178,6 +188,7 @@ def test_cli_train_and_resume(toy_ensemble, tmp_path):
                  "--no-progress"]) == 0
     assert (tmp_path / "r" / "checkpoint.2.pt").exists()
     assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r2"), "--load", "latest", "--no-progress"]) == 2
+    assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r3"), "--time-limit", "0", "--no-progress"]) == 2
 
 
 # -- config validation ----------------------------------------------------------------------------

@@ -61,6 +61,9 @@ def _register_train(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides training.steps)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes of training, with a checkpoint (a job's time limit); "
+                   "--load latest continues exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -73,8 +76,11 @@ def run_train(args) -> int:
     if args.steps is not None and args.steps < 0:
         raise InputError(f"--steps must be ≥ 0, got {args.steps}")
     config = load_config(args.config)
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InputError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     result = train_sbi(config, args.output, load=args.load, init=args.init, device=args.device, steps=args.steps,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress,
+                       time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     val = f", validation loss {result.validation_losses[-1][1]:.4f}" if result.validation_losses else ""
     print(f"trained to step {result.step}{val}; run directory {result.run_dir}")
     return 0

@@ -198,7 +198,7 @@ def _sync(device: torch.device) -> None:
 
 def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str | None = None,
               steps: int | None = None, seed: int | None = None, progress: bool = True,
-              simulator: SBISimulator | None = None) -> TrainResult:
+              simulator: SBISimulator | None = None, time_limit_s: float | None = None) -> TrainResult:
     """Train (or resume) an SBI posterior; returns the model and its loss history.
 
     Args:
@@ -211,6 +211,8 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
         steps: total number of optimiser steps (overrides ``training.steps``).
         seed: overrides ``training.seed``.
         simulator: a prebuilt :class:`SBISimulator` (default: built from ``config``).
+        time_limit_s: stop after this much training time (wall clock, from the first step), with a
+            checkpoint, before ``steps``; ``load="latest"`` continues exactly. For job time limits.
     """
     if steps is not None:
         config.training.steps = int(steps)
@@ -221,6 +223,8 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
         raise InputError("--init starts a new run from another run's weights and --load resumes this run: "
                          "give one of them (a fine-tuning run started with --init resumes with --load latest)")
     tc = config.training
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise InputError(f"the time limit must be > 0; got {time_limit_s} s")
     world, rank, dev, run_dir, ckpt_path = start_run(run_dir, load, device)
 
     with run_log(run_dir) if rank == 0 else contextlib.nullcontext():
@@ -294,6 +298,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
         model.train()
         last_ckpt = None
         recent: list[float] = []
+        done = start
         for step in range(start, tc.steps):
             t0 = time.perf_counter()
             params, images = simulator.simulate(tc.batch_size, generator)
@@ -343,19 +348,25 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
                              1e3 * net_s / n_timed)
                 recent = []
                 bar.set_postfix(loss=f"{lv:.3f}", val=f"{vl:.3f}")
-            if done % tc.checkpoint_interval == 0 or done == tc.steps:
+            out_of_time = time_limit_s is not None and _past(t_begin, time_limit_s, done, world, dev)
+            if done % tc.checkpoint_interval == 0 or done == tc.steps or out_of_time:
                 last_ckpt = _checkpoint(run_dir, model, optimizer, config, done, generator, world, rank)
                 if rank == 0:
                     curve.flush()
+            if out_of_time:
+                if rank == 0:
+                    log.info("time limit of %.0f s reached at step %d of %d; resume with --load latest",
+                             time_limit_s, done, tc.steps)
+                break
         bar.close()
         elapsed = time.perf_counter() - t_begin
-        result.step = max(start, tc.steps)
+        result.step = max(start, done)
         if rank == 0:
             curve.flush()
             curve.plot(title=f"cryoconf sbi: {run_dir.name}")
             if last_ckpt is None and not list_checkpoints(run_dir):
                 last_ckpt = _checkpoint(run_dir, model, optimizer, config, result.step, generator, world, rank)
-        ran = tc.steps - start
+        ran = done - start
         result.checkpoint = last_ckpt
         result.timings = {
             "steps": max(ran, 0), "seconds": elapsed, "steps_per_s": ran / elapsed if ran > 0 and elapsed > 0 else 0.0,
@@ -369,6 +380,20 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
                      f"{result.timings['teacher_ms_per_batch']:.1f} ms teacher, " if teacher is not None else "",
                      result.timings["network_ms_per_batch"])
     return result
+
+
+def _past(t_begin: float, limit_s: float, step: int, world: int, dev) -> bool:
+    """Whether training has used its time; with several processes they decide together every 20 steps."""
+    over = time.perf_counter() - t_begin >= limit_s
+    if world == 1:
+        return over
+    if step % 20:
+        return False
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(over)], device=dev)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _checkpoint(run_dir, model, optimizer, config, step, generator, world, rank):
