@@ -145,11 +145,12 @@ def main() -> None:
     result["threshold_A"] = middle
     for snr in args.snr:
         row: dict = {}
+        files = {source: write_particles(out / f"{source}_snr{snr:g}", noisy_copies(images, snr, args.copies,
+                                                                                   args.seed), star, args.copies)
+                 for source, images in clean.items()}
         for recenter in (True, False):
             means = {}
-            for source, images in clean.items():
-                particles = write_particles(out / f"{source}_snr{snr:g}", noisy_copies(images, snr, args.copies,
-                                                                                         args.seed), star, args.copies)
+            for source, particles in files.items():
                 inf = infer_dataset(model, particles, out / f"posterior_{source}_snr{snr:g}_{recenter}",
                                     recenter=recenter, progress=False, n_examples=3)
                 m = inf.summary.mean[:, 0]

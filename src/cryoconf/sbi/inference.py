@@ -91,14 +91,13 @@ def infer_dataset(
         psd = estimate_dataset_psd(dataset, box, apix_model, mask_radius_A=mask_radius_A, max_particles=psd_particles)
         psd.save(outdir / "noise_psd.npz")
     templates = np.asarray(model.spec["template_theta"], dtype=np.float64)
-    device = next(model.parameters()).device  # particles are prepared where the network runs
     positions = np.arange(len(dataset))
     parts, rows, examples, example_images = [], [], [], []
     bar = tqdm(total=len(positions), unit="particle", desc="sbi infer", disable=not progress)
     for start in range(0, len(positions), batch_size):
         batch = prepare_dataset_batch(dataset, positions[start:start + batch_size], box, apix_model,
                                       recenter=recenter, noise_psd=psd, mask_radius_A=mask_radius_A,
-                                      normalize=normalize_for_sbi, device=device)
+                                      normalize=normalize_for_sbi, device=model.device)  # where it runs
         images = batch["images"]
         wanted = n_examples - sum(e.shape[1] for e in examples)
         parts.append(model.summarize(images, method=summaries, n_samples=n_samples))

@@ -37,7 +37,7 @@ def embed_particles(model: SBIModel, particles, *, datadir=None, ind=None, apix=
         for s in range(0, len(positions), batch_size):
             batch = prepare_dataset_batch(dataset, positions[s:s + batch_size], model.box, model.spec["apix_A"],
                                           recenter=recenter, noise_psd=psd, normalize=normalize_for_sbi,
-                                          device=next(model.parameters()).device)
+                                          device=model.device)
             out.append(model.embed(batch["images"]).cpu())
     return torch.cat(out)
 

@@ -92,7 +92,9 @@ class SBIModel(nn.Module):
         """(D, 2) prior bounds (low, high)."""
         return torch.stack([self.posterior.low, self.posterior.high], dim=-1)
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (and where images are prepared for it)."""
         return self.posterior.low.device
 
     def _check_images(self, images) -> torch.Tensor:
@@ -105,7 +107,7 @@ class SBIModel(nn.Module):
                              f"{self.spec['apix_A']:g} Å/px")
         if not all_finite(images):
             raise InputError("images contain NaN or inf values; remove or repair those particles")
-        return images.to(self._device(), torch.float32)
+        return images.to(self.device, torch.float32)
 
     # -- the three operations ---------------------------------------------------------
     def embed(self, images) -> torch.Tensor:
@@ -144,7 +146,7 @@ class SBIModel(nn.Module):
         """
         self.eval()
         self.__dict__["_frozen_embedding"] = None
-        if self._device().type != "cpu":
+        if self.device.type != "cpu":
             return self
         try:
             with warnings.catch_warnings():  # torch's own use of torch.jit inside torch.fx's MKL-DNN pass
@@ -196,7 +198,7 @@ class SBIModel(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _theta(self, theta, batch: int) -> torch.Tensor:
-        t = torch.as_tensor(theta, device=self._device(), dtype=torch.float32)
+        t = torch.as_tensor(theta, device=self.device, dtype=torch.float32)
         d = len(self.parameter_names)
         if t.ndim == 1 and d == 1 and t.shape[0] == batch:
             t = t[:, None]

@@ -284,8 +284,8 @@ class PooledPosterior:
         levels = torch.special.ndtr(torch.linspace(-BASE_RANGE, BASE_RANGE, BASE_POINTS, dtype=torch.float64))
         zq = flow.quantile_z(levels, ctx, dist=dist).double().T                            # (L, 8B)
         zq = zq.reshape(-1, GROUP_SIZE, b).reshape(-1, b)
-        templates = torch.as_tensor(self.model.spec["template_theta"], dtype=torch.float64).sort().values
-        edges = flow.to_unbounded((0.5 * (templates[1:] + templates[:-1]))[:, None].to(zq.device))[0][:, 0]
+        inner, _ = template_cell_edges(self.model.spec["template_theta"])
+        edges = flow.to_unbounded(inner[:, None].to(zq.device))[0][:, 0]
         lo = torch.minimum(zq.min(0).values, torch.full_like(zq[0], -BASE_RANGE))
         hi = torch.maximum(zq.max(0).values, torch.full_like(zq[0], BASE_RANGE))
         frac = (torch.arange(EVEN_NODES, dtype=torch.float64, device=zq.device) + 0.5) / EVEN_NODES

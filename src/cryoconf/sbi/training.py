@@ -369,7 +369,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
         ran = done - start
         result.checkpoint = last_ckpt
         result.timings = {
-            "steps": max(ran, 0), "seconds": elapsed, "steps_per_s": ran / elapsed if ran > 0 and elapsed > 0 else 0.0,
+            "steps": ran, "seconds": elapsed, "steps_per_s": ran / elapsed if ran > 0 and elapsed > 0 else 0.0,
             "simulation_ms_per_batch": 1e3 * sim_s / max(n_timed, 1),
             "network_ms_per_batch": 1e3 * net_s / max(n_timed, 1),
             "teacher_ms_per_batch": 1e3 * teacher_s / max(n_timed, 1),
