@@ -63,7 +63,7 @@ def _register_train(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop after this many minutes of training, with a checkpoint (a job's time limit); "
-                   "--load latest continues exactly")
+                   "--load latest continues exactly (default: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
