@@ -17,10 +17,12 @@ from cryoconf.data import (
     load_particles,
     read_cryodrgn_pkl,
     read_metadata,
+    resolve_stack_path,
     write_cryodrgn_pkl,
     write_mrcs,
     write_relion31_star,
 )
+from cryoconf.errors import InputError
 from cryoconf.imaging.rotations import random_rotations
 
 
@@ -79,6 +81,31 @@ def test_star_and_stack_round_trip(tmp_path):
     with mrcfile.open(tmp_path / "parts.mrcs") as mrc:
         assert mrc.voxel_size.x == pytest.approx(1.5) and mrc.header.dmax == pytest.approx(images.max())
     assert not (tmp_path / "parts.mrcs.tmp").exists()
+
+
+def test_project_relative_stack_paths(tmp_path, monkeypatch):
+    """RELION writes image names relative to the project folder, two levels above the job's
+    STAR (``Refine3D/job025/run_data.star`` names ``Extract/job012/...``); they resolve from
+    any working directory, and the first candidate that exists wins."""
+    n, box = 4, 8
+    images = np.random.default_rng(2).normal(size=(n, box, box)).astype(np.float32)
+    project = tmp_path / "project"
+    (project / "Extract" / "job012").mkdir(parents=True)
+    (project / "Refine3D" / "job025").mkdir(parents=True)
+    write_mrcs(project / "Extract" / "job012" / "parts.mrcs", images, 1.5)
+    meta = synthetic(n, box, names=np.array([f"{i + 1}@Extract/job012/parts.mrcs" for i in range(n)], dtype=object))
+    star = project / "Refine3D" / "job025" / "run_data.star"
+    write_relion31_star(star, meta)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ds = load_particles(star)
+    assert np.array_equal(ds.batch(np.arange(n))["images"].numpy(), images)
+    found = resolve_stack_path("Extract/job012/parts.mrcs", base_dir=str(star.parent))
+    assert os.path.samefile(found, project / "Extract" / "job012" / "parts.mrcs")
+    # a file next to the STAR comes first; a missing stack lists the project candidates
+    with pytest.raises(InputError, match=r"Refine3D/job025/Extract/job012/nothere\.mrcs.*project/Extract"):
+        resolve_stack_path("Extract/job012/nothere.mrcs", base_dir=str(star.parent))
 
 
 def test_rewrite_real_star_keeps_columns(shared_data, tmp_path):

@@ -2,9 +2,13 @@
 
 Images are addressed RELION-style as ``"k@path"`` (k 1-based). A stack path is
 resolved (:func:`resolve_stack_path`) by trying, in order: the path itself if
-absolute, ``datadir/path``, ``datadir/basename(path)``, then ``path`` relative
-to the metadata file's folder (``base_dir``). cryoSPARC's leading ``>`` is
-stripped. ``.txt`` files list stacks (one path a line, relative to the list).
+absolute, ``datadir/path``, ``datadir/basename(path)``, ``path`` relative to the
+metadata file's folder (``base_dir``), relative to the working directory, and
+relative to each folder above ``base_dir`` (RELION and cryoSPARC write paths
+relative to the project folder, which holds the job folder the metadata file is
+in: ``Refine3D/job025/run_data.star`` names ``Extract/job012/...``). cryoSPARC's
+leading ``>`` is stripped. ``.txt`` files list stacks (one path a line,
+relative to the list).
 
 Images come back as float32 numpy arrays (k, D, D) ``[row=y, col=x]`` exactly as
 stored (``mrcfile`` ``data[i]``); only the headers are read up front.
@@ -33,6 +37,7 @@ __all__ = [
 
 STACK_EXTENSIONS = (".mrcs", ".mrc", ".st", ".map")
 _MAX_OPEN = 64  # memory maps kept open at once
+_PROJECT_LEVELS = 4  # folders above the metadata file's searched for project-relative stack paths
 
 
 def parse_image_name(name: str, source: str = "", row: int | None = None) -> tuple[int, str]:
@@ -59,14 +64,23 @@ def resolve_stack_path(path: str, datadir: str | None = None, base_dir: str | No
         tried.append(path)
     if datadir is not None:
         tried += [os.path.join(datadir, path), os.path.join(datadir, os.path.basename(path))]
-    tried.append(os.path.join(base_dir, path) if base_dir else path)
-    for cand in dict.fromkeys(tried):
+    if base_dir:
+        tried.append(os.path.join(base_dir, path))
+    tried.append(path)
+    if base_dir and not os.path.isabs(path):
+        # the project folder of RELION/cryoSPARC is an ancestor of the job folder
+        parent = os.path.dirname(os.path.abspath(base_dir))
+        for _ in range(_PROJECT_LEVELS):
+            tried.append(os.path.join(parent, path))
+            parent = os.path.dirname(parent)
+    tried = list(dict.fromkeys(tried))
+    for cand in tried:
         if os.path.isfile(cand):
             return cand
     hint = "give --datadir (the folder holding the stacks)" if datadir is None else "check --datadir"
     raise InputError(
         f"{source + ': ' if source else ''}image stack {path!r} not found (datadir={datadir!r}); "
-        f"tried {list(dict.fromkeys(tried))}; {hint}"
+        f"tried {tried}; {hint}"
     )
 
 
