@@ -191,6 +191,46 @@ def test_cli_train_and_resume(toy_ensemble, tmp_path):
     assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r3"), "--time-limit", "0", "--no-progress"]) == 2
 
 
+def _torchrun(args, cwd, nproc: int = 2):
+    """``cryoconf`` ARGS in ``nproc`` CPU processes (gloo) under torchrun; the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    return subprocess.run([*launch, "-m", "cryoconf", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_torchrun_two_processes_train_and_resume_exactly(toy_ensemble, tmp_path):
+    """Multi-process training as on several GPUs (DDP; gloo on the CPU): a run stopped and resumed
+    with --load latest ends with the same weights as one run straight through, the checkpoint
+    holds one simulator stream per process, one process reports, and resuming with another
+    number of processes is refused."""
+    data = _config(toy_ensemble, steps=12, batch_size=16, validation_size=32, validation_interval=6,
+                   checkpoint_interval=6).to_dict()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    straight = _torchrun(["sbi", "train", "c.yaml", "-o", "a", "--no-progress"], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert straight.stdout.count("trained to step 12") == 1
+    assert "2 process(es)" in straight.stderr
+    first = _torchrun(["sbi", "train", "c.yaml", "-o", "b", "--steps", "6", "--no-progress"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _torchrun(["sbi", "train", "c.yaml", "-o", "b", "--load", "latest", "--no-progress"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = torch.load(tmp_path / "a" / "checkpoint.12.pt", map_location="cpu", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.12.pt", map_location="cpu", weights_only=False)
+    assert len(a["sim_generator_states"]) == 2
+    assert not torch.equal(a["sim_generator_states"][0], a["sim_generator_states"][1])
+    for k, v in a["model_state"].items():
+        assert torch.equal(v, b["model_state"][k]), k
+    one = _torchrun(["sbi", "train", "c.yaml", "-o", "b", "--load", "latest", "--steps", "18", "--no-progress"],
+                    tmp_path, nproc=1)
+    assert one.returncode == 2 and "written by 2 process(es), resumed with 1" in one.stderr
+
+
 # -- config validation ----------------------------------------------------------------------------
 @pytest.mark.parametrize("patch, match", [
     ({"priors": {"snr": [-1, 1]}}, r"priors\.snr.*> 0"),

@@ -206,6 +206,7 @@ def read_particles_and_structure(args, downsample_box, structure=None):
 def run_train(args) -> int:
     import torch
 
+    from cryoconf.distributed import dist_info
     from cryoconf.recon import train_recon
 
     if args.threads:
@@ -217,7 +218,8 @@ def run_train(args) -> int:
     result = train_recon(config, particles, base, args.output, load=args.load, device=args.device,
                          progress=not args.no_progress, inputs=inputs)
     last = f", final loss {result.losses[-1][1]:.5g}" if result.losses else ""
-    print(f"trained to epoch {result.epoch}{last}; run directory {result.run_dir}")
+    if dist_info()[1] == 0:  # under torchrun, one line from rank 0
+        print(f"trained to epoch {result.epoch}{last}; run directory {result.run_dir}")
     return 0
 
 

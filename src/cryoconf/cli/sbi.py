@@ -69,6 +69,7 @@ def _register_train(sub) -> None:
 
 
 def run_train(args) -> int:
+    from cryoconf.distributed import dist_info
     from cryoconf.errors import InputError
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.training import train_sbi
@@ -82,7 +83,8 @@ def run_train(args) -> int:
                        seed=args.seed, progress=not args.no_progress,
                        time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     val = f", validation loss {result.validation_losses[-1][1]:.4f}" if result.validation_losses else ""
-    print(f"trained to step {result.step}{val}; run directory {result.run_dir}")
+    if dist_info()[1] == 0:  # under torchrun, one line from rank 0 (whose model the checkpoints hold)
+        print(f"trained to step {result.step}{val}; run directory {result.run_dir}")
     return 0
 
 
