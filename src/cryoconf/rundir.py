@@ -225,12 +225,9 @@ class LossCurve:
         rows = self.read()
         if not rows:
             return None
-        import matplotlib
+        from cryoconf.plots import new_figure, save_figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure(figsize=(6, 4))
         for col in self.columns[1:]:
             pts = [(r["step"], r[col]) for r in rows if r.get(col) is not None and math.isfinite(r[col])]
             if not pts:
@@ -247,8 +244,5 @@ class LossCurve:
         if title:
             ax.set_title(title)
         ax.legend()
-        fig.tight_layout()
-        with atomic_path(self.png_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, self.png_path, dpi=100)
         return self.png_path

@@ -546,15 +546,12 @@ def write_outputs(result: BaselineResult, outdir, config: BaselineConfig | None 
 
 
 def _plot_posteriors(path: Path, theta: np.ndarray, post: np.ndarray, idx: np.ndarray, k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     k = max(1, min(k, len(post)))
     cols = min(3, k)
     rws = math.ceil(k / cols)
-    fig, axes = plt.subplots(rws, cols, figsize=(3.2 * cols, 2.4 * rws), squeeze=False)
+    fig, axes = new_figure(rws, cols, figsize=(3.2 * cols, 2.4 * rws), squeeze=False)
     order = np.argsort(theta)
     for a in axes.ravel():
         a.axis("off")
@@ -567,6 +564,4 @@ def _plot_posteriors(path: Path, theta: np.ndarray, post: np.ndarray, idx: np.nd
         a.set_xlabel("θ", fontsize=8)
         a.set_ylabel("p(θ | image)", fontsize=8)
         a.tick_params(labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -363,19 +363,14 @@ def compare_with_truth(posterior_npz, truth_npz, png) -> dict:
         "coverage_95": float(np.mean((true >= lo95) & (true <= hi95))),
     }
 
-    import matplotlib
+    from cryoconf.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    fig, ax = new_figure(figsize=(4.2, 4.0))
     lo, hi = float(min(true.min(), lo68.min())), float(max(true.max(), hi68.max()))
     ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, ls="--")
     ax.errorbar(true, mean, yerr=[mean - lo68, hi68 - mean], fmt="o", ms=3, lw=0.6, alpha=0.6, color="#4477aa")
     ax.set_xlabel("true θ (Å)")
     ax.set_ylabel("posterior mean of θ (Å), 68 % interval")
     ax.set_title(f"r = {_fmt(r)}, RMSE {result['rmse_A']:.2f} Å", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     return result

@@ -114,18 +114,10 @@ def _clean(obj):
     return obj
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_residue_profile(path: Path, profiles: dict, labels: np.ndarray) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    from cryoconf.plots import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(8, 3.2))
     x = np.arange(len(labels))
     ax.axhspan(0, 3.8, color="0.9", zorder=0, label="< 3.8 Å (Cα–Cα)")
     for name, y in profiles.items():
@@ -136,14 +128,13 @@ def _plot_residue_profile(path: Path, profiles: dict, labels: np.ndarray) -> Non
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("per-residue error after superposition", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_histogram(path: Path, series: dict) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    from cryoconf.plots import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(5, 3.2))
     values = np.concatenate([np.asarray(v) for v in series.values()])
     bins = np.linspace(0, max(float(values.max()) * 1.05, 1e-3), 31)
     for name, v in series.items():
@@ -151,14 +142,13 @@ def _plot_histogram(path: Path, series: dict) -> None:
     ax.set_xlabel("RMSD to match (Å)")
     ax.set_ylabel("structures")
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_fsc(path: Path, freq: np.ndarray, curve: np.ndarray, res: dict) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    from cryoconf.plots import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(5, 3.2))
     ax.plot(freq, curve, lw=1.5, color="k")
     for thr, color in ((0.5, "tab:orange"), (0.143, "tab:blue")):
         r = res[thr]
@@ -170,9 +160,7 @@ def _plot_fsc(path: Path, freq: np.ndarray, curve: np.ndarray, res: dict) -> Non
     ax.set_xlim(0, freq[-1])
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("FSC of the mean maps (pred vs truth)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:

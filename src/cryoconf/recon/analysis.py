@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cryoconf.errors import InputError
+from cryoconf.plots import new_figure, save_figure
 from cryoconf.recon.training import load_recon
 from cryoconf.rundir import list_checkpoints
 from cryoconf.structure.model import Structure
@@ -115,11 +116,6 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     (a :class:`ReconParticles`; default: re-read from the run's recorded inputs, with
     ``inputs`` replacing some of them, see :func:`particles_of_run`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if n_steps < 1:
         raise InputError(f"--steps must be ≥ 1, got {n_steps}")
     run_dir = Path(run_dir)
@@ -185,7 +181,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
             for path in _write_maps(model, coords, kdir / "centre", voxel, map_box):
                 keep(path)
     # latent plot
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = new_figure(figsize=(5, 4.5))
     proj = p["projections"]
     if proj.shape[1] >= 2:
         ax.hexbin(proj[:, 0], proj[:, 1], gridsize=50, bins="log", cmap="viridis", mincnt=1)
@@ -198,13 +194,11 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         ax.hist(proj[:, 0], bins=60)
     ax.set_xlabel(f"PC1 ({100 * p['explained_variance_ratio'][0]:.0f} %)")
     ax.set_title(f"recon {model.config.model}: latent space, epoch {epoch}")
-    fig.tight_layout()
-    fig.savefig(keep(out / "latent_pca.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, keep(out / "latent_pca.png"), dpi=120)
     if (run_dir / "loss.png").exists():
         shutil.copy(run_dir / "loss.png", keep(out / "loss.png"))
     if model.config.model == "segments":
-        _segment_outputs(model, base, z, out, keep, plt)
+        _segment_outputs(model, base, z, out, keep)
     if structures:
         path = keep(out / "structures.npy")
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(z), base.n_atoms, 3))
@@ -213,7 +207,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
         mm.flush()
         del mm
     if umap:
-        _umap_plot(z, out / "umap.png", seed, plt)
+        _umap_plot(z, out / "umap.png", seed)
         res.files.append(out / "umap.png")
     summary = {"epoch": epoch, "n_particles": int(len(z)), "latent_dim": int(z.shape[1]),
                "explained_variance_ratio": res.explained_variance_ratio,
@@ -223,7 +217,7 @@ def analyze_run(run_dir, outdir=None, *, epoch: int | None = None, n_steps: int 
     return res
 
 
-def _segment_outputs(model, base: Structure, z: np.ndarray, out: Path, keep, plt) -> None:
+def _segment_outputs(model, base: Structure, z: np.ndarray, out: Path, keep) -> None:
     seg = model.decoder.segmentation
     labels = seg.labels()  # per residue
     atom_labels = labels[base.residue_index]
@@ -238,7 +232,7 @@ def _segment_outputs(model, base: Structure, z: np.ndarray, out: Path, keep, plt
         G = seg.matrix(sample=False).cpu().numpy()
     np.savez(keep(out / "segment_motions.npz"), residue_labels=labels, segmentation=G, **motions)
     n_seg = G.shape[1]
-    fig, axes = plt.subplots(2, 1, figsize=(7, 5))
+    fig, axes = new_figure(2, 1, figsize=(7, 5))
     axes[0].imshow(G.T, aspect="auto", interpolation="nearest", cmap="magma")
     axes[0].set_xlabel("residue position")
     axes[0].set_ylabel("segment")
@@ -248,20 +242,16 @@ def _segment_outputs(model, base: Structure, z: np.ndarray, out: Path, keep, plt
             axes[1].hist(motions["angle_deg"][:, m], bins=60, histtype="step", label=f"segment {m}")
     axes[1].set_xlabel("rotation angle per particle (°)")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(keep(out / "segments.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, keep(out / "segments.png"), dpi=120)
 
 
-def _umap_plot(z: np.ndarray, path: Path, seed: int, plt) -> None:
+def _umap_plot(z: np.ndarray, path: Path, seed: int) -> None:
     try:
         import umap
     except ImportError as exc:
         raise InputError("--umap needs the optional extra: pip install 'cryoconf[umap]' (umap-learn)") from exc
     emb = umap.UMAP(random_state=seed).fit_transform(z)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = new_figure(figsize=(5, 4.5))
     ax.hexbin(emb[:, 0], emb[:, 1], gridsize=60, bins="log", cmap="viridis", mincnt=1)
     ax.set_title("UMAP of z")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -341,14 +341,11 @@ def calibrate(sample_fn: Callable, images, truth, *, n_samples: int = 1000, batc
 
 def plot_calibration(result: CalibrationResult, path, title: str | None = None) -> Path:
     """PNG: SBC rank histogram(s) with the uniform 99 % band, and the expected-coverage curve(s)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     d = result.counts.shape[1]
     nd = min(d, 4)
-    fig, axes = plt.subplots(1, nd + 1, figsize=(4.0 * (nd + 1), 3.6), squeeze=False)
+    fig, axes = new_figure(1, nd + 1, figsize=(4.0 * (nd + 1), 3.6), squeeze=False)
     axes = axes[0]
     nb = len(result.bin_probs)
     edges = np.concatenate([[0], np.cumsum(result.bin_probs)])
@@ -380,9 +377,4 @@ def plot_calibration(result: CalibrationResult, path, title: str | None = None) 
     ax.legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

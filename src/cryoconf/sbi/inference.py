@@ -145,10 +145,7 @@ def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, temp
 
     ``density``: optional (grid (G,), q (G, k)) exact posterior densities drawn over the histograms.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     k = example_samples.shape[1]
     lo, hi = templates.min(), templates.max()
@@ -156,7 +153,7 @@ def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, temp
     bins = np.linspace(lo - pad, hi + pad, 60)
     cols = min(3, max(k, 1))
     rows = int(np.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(k):
@@ -171,19 +168,15 @@ def plot_posteriors(example_samples: np.ndarray, summary: PosteriorSummary, temp
         ax.set_title(f"particle {i + 1}", fontsize=9)
         ax.set_xlabel(names[0], fontsize=8)
     axes.ravel()[0].legend(fontsize=7)
-    fig.tight_layout()
     examples_png = outdir / "posterior_examples.png"
-    fig.savefig(examples_png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, examples_png)
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = new_figure(figsize=(5, 3.2))
     ax.hist(summary.mean[:, 0], bins=bins, color="#228833")
     for t in templates:
         ax.axvline(t, color="0.7", lw=0.5)
     ax.set_xlabel(f"posterior mean of {names[0]}")
     ax.set_ylabel("particles")
-    fig.tight_layout()
     means_png = outdir / "posterior_means.png"
-    fig.savefig(means_png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, means_png)
     return {"examples_png": examples_png, "means_png": means_png}

@@ -261,10 +261,7 @@ def plot_embeddings(a, b, path, *, labels=("simulated", "experimental"), method:
     an InputError unless ``fallback_pca``. ``color_b`` (len(b),) colours the
     points of ``b`` (e.g. by posterior width).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     xa = _as_rows(a, "a").cpu().numpy()
     xb = _as_rows(b, "b").cpu().numpy()
@@ -273,7 +270,7 @@ def plot_embeddings(a, b, path, *, labels=("simulated", "experimental"), method:
     ib = rng.permutation(len(xb))[:max_points]
     proj, name = _project_2d(np.concatenate([xa[ia], xb[ib]]), method, seed, fallback_pca)
     pa, pb = proj[: len(ia)], proj[len(ia):]
-    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    fig, ax = new_figure(figsize=(5.5, 5.0))
     ax.scatter(pa[:, 0], pa[:, 1], s=2, c="0.65", alpha=0.5, label=labels[0], rasterized=True)
     if color_b is None:
         ax.scatter(pb[:, 0], pb[:, 1], s=2, c="C3", alpha=0.5, label=labels[1], rasterized=True)
@@ -287,9 +284,4 @@ def plot_embeddings(a, b, path, *, labels=("simulated", "experimental"), method:
     ax.set_ylabel(f"{name} 2")
     ax.legend(markerscale=5, fontsize=8)
     ax.set_title(title or f"{name} of embeddings", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

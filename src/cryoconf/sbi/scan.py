@@ -99,10 +99,7 @@ def scan_micrograph(model: SBIModel, micrograph: np.ndarray, apix_A: float, *, s
 
 def save_scan(result: ScanResult, micrograph: np.ndarray, outdir) -> dict:
     """Write mean/width maps (npy) and a PNG of the micrograph beside both maps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +107,7 @@ def save_scan(result: ScanResult, micrograph: np.ndarray, outdir) -> dict:
     np.save(outdir / "posterior_width_map.npy", result.std)
     np.savez(outdir / "scan_grid.npz", rows=result.rows, cols=result.cols, window_px=result.window_px)
     extent = (result.cols[0], result.cols[-1], result.rows[-1], result.rows[0])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = new_figure(1, 3, figsize=(13, 4.2))
     axes[0].imshow(micrograph, cmap="gray")
     axes[0].set_title("micrograph")
     for ax, data, title, cmap in ((axes[1], result.mean, "posterior mean of θ", "viridis"),
@@ -120,8 +117,6 @@ def save_scan(result: ScanResult, micrograph: np.ndarray, outdir) -> dict:
         ax.set_ylim(micrograph.shape[0], 0)
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
     png = outdir / "scan.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     return {"png": png, "mean": outdir / "posterior_mean_map.npy", "width": outdir / "posterior_width_map.npy"}

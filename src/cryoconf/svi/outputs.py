@@ -141,14 +141,11 @@ def plot_predicted_vs_true(path, pairs: dict) -> Path:
 
     ``pairs``: {label: (true (P,), samples (P, S))}; angles should be given in degrees.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from cryoconf.plots import new_figure, save_figure
 
     k = len(pairs)
-    fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1.2]})
+    fig, axes = new_figure(2, k, figsize=(3.6 * k, 6.4), squeeze=False,
+                           gridspec_kw={"height_ratios": [3, 1.2]})
     for j, (label, (true, samp)) in enumerate(pairs.items()):
         true = np.asarray(true, dtype=float)
         samp = np.asarray(samp, dtype=float)
@@ -166,9 +163,4 @@ def plot_predicted_vs_true(path, pairs: dict) -> Path:
         axh.hist(samp.ravel(), bins=40, alpha=0.5, density=True, label="posterior")
         axh.set_xlabel(label)
         axh.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
