@@ -401,12 +401,15 @@ def _trained_model(trained):
 
 
 def test_infer_recovers_templates_of_simulated_particles(trained, toy_ensemble, tmp_path):
-    """Particles written by `cryoconf simulate` go through the full reading/resampling path."""
+    """Particles written by `cryoconf simulate` go through the full reading/resampling path, from
+    the Python API a notebook uses (load_run, infer_dataset)."""
     from cryoconf.cli.main import main
     from cryoconf.data import read_metadata
-    from cryoconf.sbi.inference import infer_dataset
+    from cryoconf.sbi import infer_dataset, load_run
 
-    model, _ = _trained_model(trained)
+    _, run_dir = _trained_model(trained)
+    model, ckpt = load_run(run_dir)
+    assert ckpt.name == "checkpoint.150.pt" and model.frozen_for_inference and not model.training
     parts = tmp_path / "parts"
     assert main(["simulate", str(toy_ensemble), "-o", str(parts), "-n", "24", "--box", "32", "--apix", "2.0",
                  "--snr", "inf", "--defocus", "10000", "15000", "--no-progress"]) == 0

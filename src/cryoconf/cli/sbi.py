@@ -105,18 +105,6 @@ the only choice when nuisance parameters are inferred too).
 """
 
 
-def _load_run(run: str, load: str, device: str, symmetrize: bool = False):
-    """(model, checkpoint path) of a trained run, ready for evaluation."""
-    from cryoconf.rundir import resolve_checkpoint
-    from cryoconf.sbi.model import SBIModel
-    from cryoconf.sbi.symmetry import load_symmetry
-
-    # every subcommand that loads a trained run only evaluates it: eval mode, frozen embedding on a CPU
-    ckpt = resolve_checkpoint(load, run)
-    model = SBIModel.load(ckpt, map_location=device).to(device).freeze_for_inference()
-    return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
-
-
 def _add_symmetrize_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetrize", action="store_true",
                    help="pool the posterior over the 8 rotations and mirrors of each image, at the temperature "
@@ -161,9 +149,9 @@ def _register_infer(sub) -> None:
 
 
 def run_infer(args) -> int:
-    from cryoconf.sbi.inference import infer_dataset
+    from cryoconf.sbi.inference import infer_dataset, load_run
 
-    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
+    model, _ = load_run(args.run, args.load, args.device, args.symmetrize)
     result = infer_dataset(model, args.particles, args.outdir, datadir=args.datadir, ind=args.ind, apix=args.apix,
                            n_samples=args.samples, batch_size=args.batch_size, whiten=not args.no_whiten,
                            mask_radius_A=args.mask_radius, summaries=args.summaries, recenter=args.recenter,
@@ -199,12 +187,13 @@ def run_calibrate(args) -> int:
     import json
     from pathlib import Path
 
+    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.calibration import plot_calibration
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.evaluation import evaluate_posterior
     from cryoconf.sbi.simulator import SBISimulator
 
-    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
+    model, _ = load_run(args.run, args.load, args.device, args.symmetrize)
     simulator = SBISimulator.from_config(load_config(Path(args.run) / "config.yaml"), device=args.device)
     particles = None
     if args.particles_config is not None:
@@ -242,9 +231,10 @@ def _register_scan(sub) -> None:
 
 
 def run_scan(args) -> int:
+    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.scan import read_micrograph, save_scan, scan_micrograph
 
-    model, _ = _load_run(args.run, args.load, args.device, args.symmetrize)
+    model, _ = load_run(args.run, args.load, args.device, args.symmetrize)
     micrograph, apix = read_micrograph(args.micrograph, args.apix)
     result = scan_micrograph(model, micrograph, apix, stride=args.stride, window_px=args.window,
                              n_samples=args.samples, batch_size=args.batch_size, progress=not args.no_progress)
@@ -314,9 +304,10 @@ def run_mmd(args) -> int:
     import json
     from pathlib import Path
 
+    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.mmd import mmd_test, plot_embeddings
 
-    model, _ = _load_run(args.run, args.load, args.device)
+    model, _ = load_run(args.run, args.load, args.device)
     a = _embeddings(args.set_a, model, args.run, args.n_per_set, args)
     b = _embeddings(args.set_b, model, args.run, args.n_per_set, args)
     result = mmd_test(a, b, n_per_set=min(args.n_per_set, len(a), len(b)), n_trials=args.trials,
@@ -363,12 +354,13 @@ def run_symmetrize(args) -> int:
     import json
     from pathlib import Path
 
+    from cryoconf.sbi.inference import load_run
     from cryoconf.atomic_write import atomic_path
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.simulator import SBISimulator
     from cryoconf.sbi.symmetry import SYMMETRY_FILE, SYMMETRY_SEED, fit_symmetry
 
-    model, ckpt = _load_run(args.run, args.load, args.device)
+    model, ckpt = load_run(args.run, args.load, args.device)
     simulator = SBISimulator.from_config(load_config(Path(args.run) / "config.yaml"), device=args.device)
     record = {"checkpoint": ckpt.name,
               **fit_symmetry(model, simulator, args.n_particles, batch_size=args.batch_size,

@@ -37,6 +37,19 @@ from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summary_col
 log = logging.getLogger("cryoconf.sbi")
 
 
+def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool = False):
+    """(model, checkpoint path) of a trained run, ready to evaluate: on ``device``, in eval mode,
+    its embedding frozen for inference. ``load``: ``latest`` or a checkpoint path.
+    ``symmetrize``: pool the posterior over the image's eight rotations and mirrors at the
+    temperature ``cryoconf sbi symmetrize`` fitted for that checkpoint (``RUN/symmetry.json``)."""
+    from cryoconf.rundir import resolve_checkpoint
+    from cryoconf.sbi.symmetry import load_symmetry
+
+    ckpt = resolve_checkpoint(load, run)
+    model = SBIModel.load(ckpt, map_location=device).to(device).freeze_for_inference()
+    return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
+
+
 @dataclass
 class InferenceResult:
     summary: PosteriorSummary
