@@ -364,6 +364,10 @@ def test_freeze_for_inference_is_the_same_function(embedding):
         model.freeze_for_inference()
         model.load_state_dict(model.state_dict())  # new weights drop it too
         assert not model.frozen_for_inference
+        model.freeze_for_inference()
+        model.to("cpu")  # so does moving or casting the weights (.to("cuda"), .double()): no stale CPU copy runs
+        assert not model.frozen_for_inference
+        assert torch.equal(model.embed(images), reference)
 
 
 def test_cosine_learning_rate_schedule(toy_ensemble):

@@ -311,7 +311,7 @@ def run_mmd(args) -> int:
     a = _embeddings(args.set_a, model, args.run, args.n_per_set, args)
     b = _embeddings(args.set_b, model, args.run, args.n_per_set, args)
     result = mmd_test(a, b, n_per_set=min(args.n_per_set, len(a), len(b)), n_trials=args.trials,
-                      n_permutations=args.permutations, seed=args.seed)
+                      n_permutations=args.permutations, seed=args.seed, device=model.device)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"a": args.set_a, "b": args.set_b, **result.to_dict()}

@@ -320,7 +320,7 @@ def estimate_batch_psd(images: torch.Tensor, apix_A: float, *, mask_radius_A: fl
     if prenormalize:
         x = _prenormalize(x, r)
     f, p = estimate_noise_psd(x.to(torch.float64), apix_A, mask_radius_px=r)
-    return NoisePSD(f.numpy(), p.numpy(), box, float(apix_A), r * apix_A, prenormalize, x.shape[0])
+    return NoisePSD(f.cpu().numpy(), p.cpu().numpy(), box, float(apix_A), r * apix_A, prenormalize, x.shape[0])
 
 
 def _groups(dataset, positions: np.ndarray) -> list[np.ndarray]:

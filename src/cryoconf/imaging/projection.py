@@ -34,6 +34,7 @@ __all__ = ["project_gaussians", "rotate_coords"]
 
 _N_SIGMA = 6.0
 _ELEMENT_BUDGET = 6_000_000  # floats of working memory per chunk (a few MB: stays in cache, no page faults)
+_ELEMENT_BUDGET_GPU = 2**28  # on a GPU: 1 GiB of float32 per chunk (few launches and host syncs per batch)
 # exp(−z²) is evaluated with z² clamped at 40: beyond it the profile (< 4·10⁻¹⁸ of its peak, i.e. > 8.9σ,
 # outside the 6σ truncation) is replaced by e⁻⁴⁰, far below float precision. It keeps exp off its slow
 # underflow path (≈ 25× slower on x86) and products of two profiles out of the denormal range.
@@ -298,7 +299,8 @@ def _prepare_projection(coords_A, amplitudes, sigmas_A, box, apix_A, rotations, 
     # working floats per particle: padded profiles, tile outputs, row strips and canvas
     per_particle = int(2.4 * n * s_max) + nt_max * s_max * (box + 2 * s_max) + (box + 2 * s_max) ** 2
     if chunk_size is None:
-        chunk_size = max(1, min(bsz, _ELEMENT_BUDGET // per_particle))
+        budget = _ELEMENT_BUDGET if cx.device.type == "cpu" else _ELEMENT_BUDGET_GPU
+        chunk_size = max(1, min(bsz, budget // per_particle))
     p = _Prepared()
     p.cx, p.cy, p.amp, p.sig_px, p.box, p.method, p.bsz, p.n = cx, cy, amp, sig_px, box, method, bsz, n
     p.chunk_size = chunk_size

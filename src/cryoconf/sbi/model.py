@@ -140,8 +140,9 @@ class SBIModel(nn.Module):
         torch.fx's ``optimize_for_inference`` folds each batch norm into its convolution and
         runs the convolutions in MKL-DNN layout: the same function (agreement to float32
         rounding, ~1e-6 relative) about 3× faster for the compact CNN on a CPU. The copy is a
-        snapshot of the current weights: training mode (:meth:`train`) or loading weights
-        drops it; call this again afterwards. On a GPU, or for an embedding that torch.fx
+        snapshot of the current weights: training mode (:meth:`train`), loading weights or
+        moving/casting the model (``.to``, ``.cuda``, ``.double``) drops it; call this again
+        afterwards. On a GPU, or for an embedding that torch.fx
         cannot trace, nothing is frozen and the embedding runs as it is.
         """
         self.eval()
@@ -196,6 +197,11 @@ class SBIModel(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.__dict__["_frozen_embedding"] = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .double() … move or cast the weights: the frozen copy is a CPU snapshot of the old ones
+        self.__dict__["_frozen_embedding"] = None
+        return super()._apply(fn, *args, **kwargs)
 
     def _theta(self, theta, batch: int) -> torch.Tensor:
         t = torch.as_tensor(theta, device=self.device, dtype=torch.float32)

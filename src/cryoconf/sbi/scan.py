@@ -82,7 +82,8 @@ def scan_micrograph(model: SBIModel, micrograph: np.ndarray, apix_A: float, *, s
     n_windows = None
     bar = tqdm(unit="window", desc="sbi scan", disable=not progress)
     for windows, centre in iter_windows(mic, window, stride, batch_size):
-        x = prepare_particles(windows, apix_A, box, apix_model, noise_psd=psd, normalize=normalize_for_sbi)
+        x = prepare_particles(windows.to(model.device), apix_A, box, apix_model, noise_psd=psd,  # on the model's device
+                              normalize=normalize_for_sbi)
         summary = model.summarize(x, n_samples=n_samples)  # θ alone: from the flow, no sampling
         means.append(torch.as_tensor(summary.mean[:, 0]))
         stds.append(torch.as_tensor(summary.std[:, 0]))
