@@ -52,7 +52,8 @@ def build_model(args) -> SBIModel:
 
 
 def time_preparation(model: SBIModel, args) -> float:
-    """Seconds for ``sbi infer``'s preparation of one batch of raw noise particles (best of ``--repeats``)."""
+    """Seconds for ``sbi infer``'s preparation of one batch of raw noise particles (best of ``--repeats``), on
+    the model's device as ``sbi infer`` prepares them (the copy of the raw images to a GPU included)."""
     from cryoconf.data.preprocess import estimate_batch_psd, prepare_particles, resample_particles
     from cryoconf.sbi.simulator import normalize_for_sbi
 
@@ -61,13 +62,21 @@ def time_preparation(model: SBIModel, args) -> float:
     origins_A = 4 * torch.rand(args.batch, 2, generator=g) - 2
     apix = model.spec["apix_A"]
     psd = estimate_batch_psd(resample_particles(raw, args.input_apix, model.box, apix)[0], apix)
+    dev = model.device
     times = []
     for i in range(args.repeats + 1):  # the first is a warm-up
+        _sync(dev)
         t0 = time.perf_counter()
-        prepare_particles(raw, args.input_apix, model.box, apix, noise_psd=psd, center_A=origins_A,
+        prepare_particles(raw.to(dev), args.input_apix, model.box, apix, noise_psd=psd, center_A=origins_A.to(dev),
                           normalize=normalize_for_sbi)
+        _sync(dev)
         times.append(time.perf_counter() - t0)
     return min(times[1:])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:

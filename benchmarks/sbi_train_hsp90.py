@@ -1,4 +1,4 @@
-"""Short CPU training of ``cryoconf sbi`` on the Hsp90 templates; prints one JSON object.
+"""Short training of ``cryoconf sbi`` on the Hsp90 templates (CPU or GPU); prints one JSON object.
 
 Builds the Hsp90 ensemble .npz (20 Cα models from ../shared/data/hsp90/hsp90_models.pt,
 θ = Cα RMSD to model 0 after superposition, Å) if it is missing, then trains with
@@ -6,6 +6,7 @@ the given config for ``--steps`` steps and reports steps/s, the training and
 validation loss trajectory and the simulation vs network time per batch.
 
     python benchmarks/sbi_train_hsp90.py --config configs/sbi_hsp90_box64.yaml --steps 300 -o /tmp/sbi_hsp90
+    python benchmarks/sbi_train_hsp90.py --config configs/sbi_hsp90_box128.yaml --steps 300 --device cuda
 """
 
 from __future__ import annotations
@@ -43,18 +44,20 @@ def main() -> None:
     ap.add_argument("--models", default=str(REPO.parent / "shared" / "data" / "hsp90" / "hsp90_models.pt"))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("-o", "--output", default="/tmp/cryoconf_sbi_hsp90")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     config = load_config(args.config)
     ens = Path(config.templates.path)
     if not ens.exists():
         build_hsp90_ensemble(Path(args.models), ens)
     shutil.rmtree(args.output, ignore_errors=True)
-    res = train_sbi(config, args.output, steps=args.steps, progress=False)
+    res = train_sbi(config, args.output, steps=args.steps, device=args.device, progress=False)
     tl = np.array([v for _, v in res.train_losses])
     k = max(1, len(tl) // 10)
     print(json.dumps({
         "config": args.config, "box": config.image.box, "apix_A": config.image.apix_A,
         "embedding": config.embedding.name, "batch_size": config.training.batch_size, "threads": torch.get_num_threads(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         **{k2: round(v, 4) for k2, v in res.timings.items()},
         "train_loss_means": [[int(res.train_losses[min(i + k, len(tl)) - 1][0]), round(float(tl[i:i + k].mean()), 4)]
                              for i in range(0, len(tl), k)],
