@@ -187,10 +187,10 @@ def run_calibrate(args) -> int:
     import json
     from pathlib import Path
 
-    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.calibration import plot_calibration
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.evaluation import evaluate_posterior
+    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.simulator import SBISimulator
 
     model, _ = load_run(args.run, args.load, args.device, args.symmetrize)
@@ -354,9 +354,9 @@ def run_symmetrize(args) -> int:
     import json
     from pathlib import Path
 
-    from cryoconf.sbi.inference import load_run
     from cryoconf.atomic_write import atomic_path
     from cryoconf.sbi.config import load_config
+    from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.simulator import SBISimulator
     from cryoconf.sbi.symmetry import SYMMETRY_FILE, SYMMETRY_SEED, fit_symmetry
 
