@@ -18,43 +18,11 @@ import pytest
 import torch
 import yaml
 
+from _sbi_helpers import toy_config, write_toy_ensemble
+
 CUDA = torch.device(os.environ.get("CRYOCONF_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_available(),
                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")
-
-
-def _toy_npz(path):
-    """Two 40-pseudo-atom templates told apart from every view (a ball and a dumbbell); θ = 0, 1."""
-    from cryoconf.structure import Conformations, Structure, save_conformations
-
-    rng = np.random.default_rng(0)
-    d = rng.normal(size=(40, 3))
-    d *= (rng.uniform(size=(40, 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
-    a, b = 9.0 * d, 6.0 * d
-    b[:20, 0] -= 12.0
-    b[20:, 0] += 12.0
-    n = 40
-    topo = Structure(coords_A=a, atom_names=["CA"] * n, residue_names=["ALA"] * n, residue_numbers=np.arange(1, n + 1),
-                     chain_ids=["A"] * n, amplitudes_e=np.ones(n), sigmas_A=np.full(n, 1.5),
-                     residue_index=np.arange(n), chain_breaks=np.r_[True, np.zeros(n - 1, bool)])
-    save_conformations(path, Conformations(topology=topo, coords_A=np.stack([a, b]), theta=np.array([0.0, 1.0])))
-    return path
-
-
-def _toy_config(path, **training):
-    from cryoconf.sbi import SBIConfig
-
-    tr = {"batch_size": 64, "steps": 150, "validation_size": 128, "validation_interval": 50,
-          "checkpoint_interval": 75, "lr": 1e-3, "seed": 3}
-    tr.update(training)
-    return SBIConfig.from_dict({
-        "templates": {"path": str(path), "amplitudes": "equal"},
-        "image": {"box": 32, "apix_A": 2.0},
-        "priors": {"sigma_A": [1.5, 2.5], "defocus_A": [10000, 15000], "snr": [0.5, 5.0], "bfactor_A2": 0},
-        "embedding": {"name": "cnn", "params": {"channels": [8, 16, 32], "hidden": 64, "out_features": 32}},
-        "flow": {"transforms": 2, "hidden_features": [32, 32], "bins": 8},
-        "training": tr,
-    })
 
 
 def test_rendering_on_the_gpu_equals_the_cpu():
@@ -85,7 +53,7 @@ def gpu_run(tmp_path_factory):
     from cryoconf.sbi import train_sbi
 
     tmp = tmp_path_factory.mktemp("gpu")
-    config = _toy_config(_toy_npz(tmp / "toy.npz"))
+    config = toy_config(write_toy_ensemble(tmp / "toy.npz"), snr=[0.5, 5.0])
     result = train_sbi(config, tmp / "run", device=CUDA.type, progress=False)
     return config, result
 

@@ -13,52 +13,23 @@ from cryoconf.sbi import (
     register_embedding, train_sbi,
 )
 from cryoconf.sbi.embeddings import ResNet18
-from cryoconf.structure import Conformations, Structure, save_conformations
+from cryoconf.structure import Conformations, save_conformations
 from cryoconf.structure.ensemble_io import load_conformations_npz
 
-
-def _topology(coords):
-    n = coords.shape[0]
-    return Structure(coords_A=coords, atom_names=["CA"] * n, residue_names=["ALA"] * n,
-                     residue_numbers=np.arange(1, n + 1), chain_ids=["A"] * n, amplitudes_e=np.ones(n),
-                     sigmas_A=np.full(n, 1.5), residue_index=np.arange(n), chain_breaks=np.r_[True, np.zeros(n - 1, bool)])
+from _sbi_helpers import chain_topology, toy_config, write_toy_ensemble
 
 
 @pytest.fixture(scope="module")
 def toy_ensemble(tmp_path_factory):
-    """Two distinct 40-pseudo-atom structures, told apart from every view: a compact ball
-    (radius 9 Å) and a dumbbell of two balls (radius 6 Å, centres 24 Å apart); θ = 0 and 1."""
-    rng = np.random.default_rng(0)
-    d = rng.normal(size=(40, 3))
-    d *= (rng.uniform(size=(40, 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
-    a = 9.0 * d
-    b = 6.0 * d
-    b[:20, 0] -= 12.0
-    b[20:, 0] += 12.0
-    path = tmp_path_factory.mktemp("toy") / "toy.npz"
-    save_conformations(path, Conformations(topology=_topology(a), coords_A=np.stack([a, b]), theta=np.array([0.0, 1.0])))
-    return path
+    return write_toy_ensemble(tmp_path_factory.mktemp("toy") / "toy.npz")
 
-
-def _config(path, **training) -> SBIConfig:
-    tr = {"batch_size": 64, "steps": 150, "validation_size": 128, "validation_interval": 50,
-          "checkpoint_interval": 75, "lr": 1e-3, "seed": 3}
-    tr.update(training)
-    return SBIConfig.from_dict({
-        "templates": {"path": str(path), "amplitudes": "equal"},
-        "image": {"box": 32, "apix_A": 2.0},
-        "priors": {"sigma_A": [1.5, 2.5], "defocus_A": [10000, 15000], "snr": 1e30, "bfactor_A2": 0},
-        "embedding": {"name": "cnn", "params": {"channels": [8, 16, 32], "hidden": 64, "out_features": 32}},
-        "flow": {"transforms": 2, "hidden_features": [32, 32], "bins": 8},
-        "training": tr,
-    })
 
 
 # -- training on the two-template toy -------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(toy_ensemble, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "toy_run"
-    return _config(toy_ensemble), train_sbi(_config(toy_ensemble), run, progress=False)
+    return toy_config(toy_ensemble), train_sbi(toy_config(toy_ensemble), run, progress=False)
 
 
 def test_loss_decreases_and_posterior_finds_template(trained):
@@ -146,7 +117,7 @@ def test_normalize_for_sbi():
 # -- exact resume -------------------------------------------------------------------------------
 def test_resume_is_exact(toy_ensemble, tmp_path):
     def cfg():
-        return _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=3)
+        return toy_config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=3)
 
     straight = train_sbi(cfg(), tmp_path / "a", steps=6, progress=False)
     first = train_sbi(cfg(), tmp_path / "b", steps=3, progress=False)
@@ -180,7 +151,7 @@ def test_resume_is_exact(toy_ensemble, tmp_path):
 def test_cli_train_and_resume(toy_ensemble, tmp_path):
     from cryoconf.cli.main import main
 
-    data = _config(toy_ensemble, batch_size=8, validation_size=8, checkpoint_interval=1).to_dict()
+    data = toy_config(toy_ensemble, batch_size=8, validation_size=8, checkpoint_interval=1).to_dict()
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["sbi", "train", str(path), "-o", str(tmp_path / "r"), "--steps", "1", "--no-progress"]) == 0
@@ -209,7 +180,7 @@ def test_torchrun_two_processes_train_and_resume_exactly(toy_ensemble, tmp_path)
     with --load latest ends with the same weights as one run straight through, the checkpoint
     holds one simulator stream per process, one process reports, and resuming with another
     number of processes is refused."""
-    data = _config(toy_ensemble, steps=12, batch_size=16, validation_size=32, validation_interval=6,
+    data = toy_config(toy_ensemble, steps=12, batch_size=16, validation_size=32, validation_interval=6,
                    checkpoint_interval=6).to_dict()
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     straight = _torchrun(["sbi", "train", "c.yaml", "-o", "a", "--no-progress"], tmp_path)
@@ -253,7 +224,7 @@ def test_torchrun_two_processes_train_and_resume_exactly(toy_ensemble, tmp_path)
      r"image\.simulation_apix_A.*cannot resample"),
 ])
 def test_config_errors(toy_ensemble, patch, match):
-    data = _config(toy_ensemble).to_dict()
+    data = toy_config(toy_ensemble).to_dict()
     for section, values in patch.items():
         data.setdefault(section, {})
         data[section] = {**data[section], **values}
@@ -316,7 +287,7 @@ def test_registry_and_custom_embedding(toy_ensemble):
 
     net = build_embedding("test_linear", box=32, out_features=5)
     assert net(torch.zeros(2, 32, 32)).shape == (2, 5)
-    data = _config(toy_ensemble).to_dict()
+    data = toy_config(toy_ensemble).to_dict()
     data["embedding"] = {"name": "test_linear", "params": {"out_features": 6}}
     cfg = SBIConfig.from_dict(data)
     model = SBIModel.from_config(cfg, [0.0, 1.0], [(-0.5, 1.5)])
@@ -371,7 +342,7 @@ def test_freeze_for_inference_is_the_same_function(embedding):
 
 
 def test_cosine_learning_rate_schedule(toy_ensemble):
-    tc = _config(toy_ensemble).training
+    tc = toy_config(toy_ensemble).training
     tc.steps, tc.lr = 100, 1e-3
     assert [tc.lr_at(s) for s in (0, 50, 99)] == [1e-3] * 3  # constant by default
     tc.lr_schedule, tc.lr_decay_start, tc.lr_final = "cosine", 40, 1e-4
@@ -387,9 +358,9 @@ def test_cosine_learning_rate_schedule(toy_ensemble):
 
 def test_resume_with_an_added_decay_continues(toy_ensemble, tmp_path):
     """A run trained at a constant rate can be resumed with a decay added (the schedule is a function of the step)."""
-    cfg = _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
+    cfg = toy_config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
     train_sbi(cfg, tmp_path / "r", steps=2, progress=False)
-    decayed = _config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
+    decayed = toy_config(toy_ensemble, batch_size=16, validation_size=16, validation_interval=2, checkpoint_interval=2)
     decayed.training.lr_schedule, decayed.training.lr_decay_start = "cosine", 2
     resumed = train_sbi(decayed, tmp_path / "r", steps=4, load="latest", progress=False)
     assert [s for s, _ in resumed.train_losses] == [3, 4]
@@ -581,7 +552,7 @@ def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_
     from cryoconf.cli.main import main
 
     config, result = trained
-    tuned = train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, steps=0, progress=False)
+    tuned = train_sbi(toy_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, steps=0, progress=False)
     source = SBIModel.load(result.checkpoint)
     a, b = source.state_dict(), tuned.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # step 0: the source's weights
@@ -589,24 +560,24 @@ def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_
     assert "initial weights from" in (tmp_path / "tuned" / "run.log").read_text()
     # it then trains as a run of its own, and resumes with --load latest
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(_config(toy_ensemble, batch_size=8, validation_size=8).to_dict()))
+    path.write_text(yaml.safe_dump(toy_config(toy_ensemble, batch_size=8, validation_size=8).to_dict()))
     assert main(["sbi", "train", str(path), "-o", str(tmp_path / "t2"), "--init", str(result.checkpoint),
                  "--steps", "1", "--no-progress"]) == 0
     assert main(["sbi", "train", str(path), "-o", str(tmp_path / "t2"), "--load", "latest", "--steps", "2",
                  "--no-progress"]) == 0
-    other = _config(toy_ensemble)
+    other = toy_config(toy_ensemble)
     other.flow.bins = 4
     with pytest.raises(InputError, match=r"--init .*differs.*flow"):
         train_sbi(other, tmp_path / "bad", init=result.run_dir, steps=0, progress=False)
     with pytest.raises(InputError, match="give one of them"):
-        train_sbi(_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, load="latest", progress=False)
+        train_sbi(toy_config(toy_ensemble), tmp_path / "tuned", init=result.run_dir, load="latest", progress=False)
     with pytest.raises(InputError, match=r"--init .*missing\.pt: no such checkpoint file") as err:
-        train_sbi(_config(toy_ensemble), tmp_path / "bad3", init=tmp_path / "missing.pt", progress=False)
+        train_sbi(toy_config(toy_ensemble), tmp_path / "bad3", init=tmp_path / "missing.pt", progress=False)
     assert "latest" not in str(err.value) and "--load" not in str(err.value)  # --init cannot be 'latest'
     with pytest.raises(InputError, match=r"--init .*no checkpoint.N.pt in .*train that run first"):
-        train_sbi(_config(toy_ensemble), tmp_path / "bad4", init=tmp_path, progress=False)
+        train_sbi(toy_config(toy_ensemble), tmp_path / "bad4", init=tmp_path, progress=False)
     with pytest.raises(InputError, match="--init latest"):
-        train_sbi(_config(toy_ensemble), tmp_path / "bad2", init="latest", progress=False)
+        train_sbi(toy_config(toy_ensemble), tmp_path / "bad2", init="latest", progress=False)
 
 
 def test_space_to_depth_cnn_starts_as_the_coarse_model():
@@ -647,7 +618,7 @@ def test_init_moves_a_cnn_to_a_finer_grid(trained, toy_ensemble, tmp_path):
     """--init from the box-32, 2 Å/px toy run into box 64 at 1 Å/px with space_to_depth 2: the flow and
     every embedding layer but the stem are the source's; the model trains and freezes."""
     result = trained[1]
-    data = _config(toy_ensemble).to_dict()
+    data = toy_config(toy_ensemble).to_dict()
     data["image"].update(box=64, apix_A=1.0)
     data["embedding"]["params"]["space_to_depth"] = 2
     fine_config = SBIConfig.from_dict(data)
@@ -742,7 +713,7 @@ def test_mmd_tells_another_structure_from_the_templates(trained, toy_ensemble, t
     assert abs(rg(rod) - rg(dumbbell)) < 0.05 * rg(dumbbell)
 
     def structure(coords):
-        return Conformations(topology=_topology(coords), coords_A=coords[None])
+        return Conformations(topology=chain_topology(coords), coords_A=coords[None])
 
     # simulator_for_structure on the run's own template file is the run's simulator
     own = simulator_for_structure(config, toy_ensemble)
@@ -809,9 +780,9 @@ def test_cli_symmetrize_then_symmetrized_infer_and_calibrate(trained, toy_ensemb
 
 # -- distillation from a teacher --------------------------------------------------------------
 def test_distillation_config(toy_ensemble, tmp_path):
-    plain = _config(toy_ensemble)
+    plain = toy_config(toy_ensemble)
     assert not plain.distillation.enabled and "distillation" not in plain.to_dict()  # older runs resume unchanged
-    data = _config(toy_ensemble).to_dict()
+    data = toy_config(toy_ensemble).to_dict()
     data["distillation"] = {"teacher": "teachers/checkpoint.5.pt", "weight": 0.5, "samples": 8}
     path = tmp_path / "cfg" / "c.yaml"
     path.parent.mkdir()
@@ -823,7 +794,7 @@ def test_distillation_config(toy_ensemble, tmp_path):
     for patch, match in [({"weight": 1.5}, "distillation.weight"), ({"samples": 0}, "distillation.samples"),
                          ({"symmetrize": "yes"}, "distillation.symmetrize"), ({"teacher": 3}, "distillation.teacher"),
                          ({"temperature": 1.0}, "'distillation.temperature' is unknown")]:
-        bad = _config(toy_ensemble).to_dict()
+        bad = toy_config(toy_ensemble).to_dict()
         bad["distillation"] = {"teacher": "t.pt", **patch}
         with pytest.raises(InputError, match=match):
             SBIConfig.from_dict(bad)
@@ -854,7 +825,7 @@ def test_pooled_teacher_draws_are_its_stratified_quantiles(trained, toy_ensemble
 
     model, _ = _trained_model(trained)
     teacher = Teacher(model, temperature=1.3)
-    _, images = _noisy_toy_images(_config(toy_ensemble), 6)
+    _, images = _noisy_toy_images(toy_config(toy_ensemble), 6)
     m = 16
     draws = teacher.draw(images, m, torch.Generator().manual_seed(0))
     assert draws.shape == (m, 6, 1) and draws.dtype == torch.float32
@@ -887,7 +858,7 @@ def test_training_with_a_pooled_teacher_resumes_exactly_and_learns_the_teacher(t
     shutil.copytree(run_dir, teacher_run)
 
     def cfg(**training):
-        c = _config(toy_ensemble, **{"batch_size": 16, "validation_size": 16, "validation_interval": 2,
+        c = toy_config(toy_ensemble, **{"batch_size": 16, "validation_size": 16, "validation_interval": 2,
                                      "checkpoint_interval": 3, **training})
         c.distillation.teacher, c.distillation.samples = str(teacher_run), 8
         return c
@@ -904,7 +875,7 @@ def test_training_with_a_pooled_teacher_resumes_exactly_and_learns_the_teacher(t
     assert first.timings["teacher_ms_per_batch"] > 0 and "D4-pooled posterior" in (tmp_path / "a" / "run.log").read_text()
     # a fresh student trained on the teacher's draws alone comes to agree with the teacher
     teacher = Teacher.load(teacher_run, symmetrize=True)
-    _, images = _noisy_toy_images(_config(toy_ensemble), 64, seed=12)
+    _, images = _noisy_toy_images(toy_config(toy_ensemble), 64, seed=12)
     draws = teacher.draw(images, 32, torch.Generator().manual_seed(1))
 
     def cross_entropy(model):
