@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cryoconf.errors import InputError
+from cryoconf.devices import parse_device
 from cryoconf.rundir import prepare_run_dir, resolve_checkpoint
 
 __all__ = ["dist_info", "resolve_device", "init_distributed", "start_run"]
@@ -28,16 +28,11 @@ def dist_info() -> tuple[int, int, int]:
 
 def resolve_device(device, local_rank: int = 0) -> torch.device:
     """``cpu`` (default) or ``cuda`` (this rank's GPU); a clear error when CUDA is absent."""
-    name = device or "cpu"
-    dev = torch.device(name)
+    dev = parse_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available; use --device cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-    elif dev.type != "cpu":
-        raise InputError(f"--device {name}: use cpu or cuda")
     return dev
 
 

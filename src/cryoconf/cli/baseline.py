@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoconf.cli.help_format import DefaultsHelpFormatter
+from cryoconf.devices import parse_device
 from cryoconf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,7 @@ def run(args) -> int:
         raise InputError("--ignore-poses and --shift-center metadata contradict each other; drop one")
     if args.plot < 0:
         raise InputError(f"--plot must be ≥ 0, got {args.plot}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise InputError(f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    device = parse_device(args.device)
     config = BaselineConfig(
         n_orientations=args.orientations, so3_method=args.so3_grid,
         shift_range_A=args.shift_range, shift_step_A=args.shift_step, shift_center=args.shift_center,

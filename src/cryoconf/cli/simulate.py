@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoconf.cli.help_format import DefaultsHelpFormatter
+from cryoconf.devices import parse_device
 from cryoconf.errors import InputError
 
 
@@ -139,6 +140,7 @@ def run(args) -> int:
 
     if len(args.snr) > 2:
         raise InputError(f"--snr takes one value or MIN MAX, got {len(args.snr)} values")
+    device = parse_device(args.device)  # before any reading
     conformations = read_structure_input(args)
     config = SimulationConfig(
         n_particles=args.n_particles, box=args.box, apix_A=args.apix, seed=args.seed,
@@ -164,7 +166,7 @@ def run(args) -> int:
     inputs = {"structure": str(args.structure), "trajectory": args.trajectory, "frames": args.frames,
               "selection": args.selection, "mode": args.mode, "sigma": args.sigma, "from_star": args.from_star}
     result = simulate_dataset(conformations, truth, config, args.outdir, inputs=inputs,
-                              progress=not args.no_progress, device=args.device)
+                              progress=not args.no_progress, device=device)
     if args.montage > 0:
         write_montage(result, args.montage)
     print(f"wrote {result.star_path}, {result.stack_path} and {result.truth_path}")

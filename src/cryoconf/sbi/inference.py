@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cryoconf.data import load_particles, write_relion31_star
 from cryoconf.data.preprocess import estimate_dataset_psd, has_origin_shifts, prepare_dataset_batch
+from cryoconf.devices import parse_device
 from cryoconf.errors import InputError
 from cryoconf.module_modes import evaluating
 from cryoconf.sbi.model import SBIModel
@@ -45,6 +46,7 @@ def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool = 
     from cryoconf.rundir import resolve_checkpoint
     from cryoconf.sbi.symmetry import load_symmetry
 
+    device = parse_device(device)
     ckpt = resolve_checkpoint(load, run)
     model = SBIModel.load(ckpt, map_location=device).to(device).freeze_for_inference()
     return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt

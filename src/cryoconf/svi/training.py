@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 
+from cryoconf.devices import parse_device
 from cryoconf.errors import InputError
 from cryoconf.rundir import (
     LossCurve,
@@ -253,6 +254,7 @@ def train_svi(model: SVIModel, data: SVIData, config: SVIConfig, run_dir, *, loa
 
 def load_run(run_dir, load="latest", device="cpu") -> tuple[SVIModel, SVIGuide, SVIConfig, dict]:
     """The model, trained guide and config of a run directory (checkpoint ``load``)."""
+    device = parse_device(device)
     path = resolve_checkpoint(load, run_dir)
     ckpt = torch.load(path, map_location=device, weights_only=False)
     for key in ("guide", "physics", "priors", "config"):
