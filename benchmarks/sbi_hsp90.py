@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
-from cryoconf.rundir import list_checkpoints, resolve_checkpoint
+from cryoconf.rundir import list_checkpoints
 from cryoconf.sbi.config import load_config
 from cryoconf.sbi.evaluation import (
     EVALUATION_SEED,
@@ -71,6 +71,7 @@ from cryoconf.sbi.evaluation import (
     simulate_held_out,
     to_model_grid,
 )
+from cryoconf.sbi.inference import load_run
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
 from cryoconf.sbi.symmetry import load_symmetry
@@ -255,10 +256,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    ckpt = resolve_checkpoint(args.load, run)
-    if ckpt is None:
-        raise SystemExit(f"{run} has no checkpoint; train it first (see the header of {__file__})")
-    model = SBIModel.load(ckpt, map_location=args.device).freeze_for_inference()
+    model, ckpt = load_run(run, args.load, args.device)  # on the device (before, --device cuda left it on the CPU)
     config = load_config(run / "config.yaml")
     simulator = SBISimulator.from_config(config, device=args.device)
     out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,

@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoconf.rundir import resolve_checkpoint
-from cryoconf.sbi import SBIModel, SBISimulator, load_config
+from cryoconf.sbi import SBISimulator, load_config, load_run
 from cryoconf.sbi.latent import embed_simulated, simulator_for_structure
 from cryoconf.sbi.mmd import mmd_test
 from cryoconf.sbi.simulator import load_templates
@@ -92,7 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = Path(args.run)
     config = load_config(run / "config.yaml")
-    model = SBIModel.load(resolve_checkpoint(args.load, run), map_location=args.device).to(args.device).freeze_for_inference()
+    model, ckpt = load_run(run, args.load, args.device)
     own = SBISimulator.from_config(config, device=args.device)
     others = {}
     for spec in args.other or ["rearranged"]:
@@ -127,7 +126,7 @@ def main() -> None:
             "n_per_set": list(r.n_per_set), "bandwidth": r.bandwidth, "seconds": round(time.perf_counter() - t, 2),
         }
     print(json.dumps({
-        "run": str(run), "checkpoint": str(resolve_checkpoint(args.load, run)), "box": model.box,
+        "run": str(run), "checkpoint": str(ckpt), "box": model.box,
         "apix_A": model.spec["apix_A"], "n_per_set": args.n, "pool": pool, "trials": args.trials,
         "permutations": args.permutations, "seed": s, "threads": torch.get_num_threads(),
         "embed_seconds": round(embed_s, 2), "total_seconds": round(time.perf_counter() - t0, 2), "cases": cases,

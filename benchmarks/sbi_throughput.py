@@ -40,7 +40,7 @@ def build_model(args) -> SBIModel:
     if args.run:
         from cryoconf.rundir import resolve_checkpoint
 
-        return SBIModel.load(resolve_checkpoint("latest", args.run), map_location=args.device)
+        return SBIModel.load(resolve_checkpoint("latest", args.run))
     import yaml
 
     from cryoconf.sbi.config import SBIConfig
@@ -109,12 +109,10 @@ def main() -> None:
         run(images[:8])  # warm-up
         times = []
         for _ in range(args.repeats):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            _sync(model.device)
             t0 = time.perf_counter()
             run(images)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            _sync(model.device)
             times.append(time.perf_counter() - t0)
         return min(times)
 
