@@ -48,7 +48,7 @@ def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool = 
 
     device = parse_device(device)
     ckpt = resolve_checkpoint(load, run)
-    model = SBIModel.load(ckpt, map_location=device).to(device).freeze_for_inference()
+    model = SBIModel.load(ckpt).to(device).freeze_for_inference()  # weights read on the CPU, moved once
     return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
 
 
