@@ -25,7 +25,7 @@ if [ ! -e configs/hsp90_ensemble.npz ]; then
     python benchmarks/sbi_train_hsp90.py --steps 0 >/dev/null   # builds the 20-model ensemble .npz
 fi
 
-stage() {  # stage NAME CONFIG STEPS [INIT_RUN]
+stage() {  # stage NAME CONFIG STEPS [INIT_CHECKPOINT]
     local name=$1 config=$2 steps=$3 init=${4:-} run=$RUNS/$1
     if [ -e "$run/checkpoint.$steps.pt" ]; then
         echo "$name: done ($run/checkpoint.$steps.pt)"
@@ -40,7 +40,7 @@ stage() {  # stage NAME CONFIG STEPS [INIT_RUN]
     if compgen -G "$run/checkpoint.*.pt" >/dev/null; then
         start=(--load latest)
     elif [ -n "$init" ]; then
-        start=(--init "$RUNS/$init/checkpoint.$INIT_STEPS.pt")
+        start=(--init "$init")
     fi
     echo "$name: training to step $steps (${start[*]:-from scratch}), at most $left min"
     cryoconf sbi train "$config" -o "$run" --steps "$steps" "${start[@]}" --time-limit "$left" --no-progress
@@ -50,10 +50,10 @@ stage() {  # stage NAME CONFIG STEPS [INIT_RUN]
     fi
 }
 
-INIT_STEPS=; stage hsp90_box64 configs/sbi_hsp90_box64.yaml 35000
-INIT_STEPS=35000; stage hsp90_box64_from128 configs/sbi_hsp90_box64_from128.yaml 12000 hsp90_box64
-INIT_STEPS=12000; stage hsp90_box128_s2d configs/sbi_hsp90_box128_s2d.yaml 12000 hsp90_box64_from128
-INIT_STEPS=12000; stage hsp90_box128_s2d_ft configs/sbi_hsp90_box128_s2d_ft.yaml 16000 hsp90_box128_s2d
+stage hsp90_box64 configs/sbi_hsp90_box64.yaml 35000
+stage hsp90_box64_from128 configs/sbi_hsp90_box64_from128.yaml 12000 "$RUNS/hsp90_box64/checkpoint.35000.pt"
+stage hsp90_box128_s2d configs/sbi_hsp90_box128_s2d.yaml 12000 "$RUNS/hsp90_box64_from128/checkpoint.12000.pt"
+stage hsp90_box128_s2d_ft configs/sbi_hsp90_box128_s2d_ft.yaml 16000 "$RUNS/hsp90_box128_s2d/checkpoint.12000.pt"
 
 final=$RUNS/hsp90_box128_s2d_ft
 if [ ! -e "$final/symmetry.json" ]; then
