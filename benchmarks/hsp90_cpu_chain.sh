@@ -25,10 +25,13 @@ if [ ! -e configs/hsp90_ensemble.npz ]; then
     python benchmarks/sbi_train_hsp90.py --steps 0 >/dev/null   # builds the 20-model ensemble .npz
 fi
 
-stage() {  # stage NAME CONFIG STEPS [INIT_CHECKPOINT]
-    local name=$1 config=$2 steps=$3 init=${4:-} run=$RUNS/$1
-    if [ -e "$run/checkpoint.$steps.pt" ]; then
-        echo "$name: done ($run/checkpoint.$steps.pt)"
+previous=   # the final checkpoint of the stage before: where a new stage starts (--init)
+stage() {  # stage NAME CONFIG STEPS
+    local name=$1 config=$2 steps=$3 run=$RUNS/$1
+    local final=$run/checkpoint.$steps.pt init=$previous
+    previous=$final
+    if [ -e "$final" ]; then
+        echo "$name: done ($final)"
         return 0
     fi
     local left=$(( (deadline - $(date +%s)) / 60 ))
@@ -44,16 +47,16 @@ stage() {  # stage NAME CONFIG STEPS [INIT_CHECKPOINT]
     fi
     echo "$name: training to step $steps (${start[*]:-from scratch}), at most $left min"
     cryoconf sbi train "$config" -o "$run" --steps "$steps" "${start[@]}" --time-limit "$left" --no-progress
-    if [ ! -e "$run/checkpoint.$steps.pt" ]; then
+    if [ ! -e "$final" ]; then
         echo "$name: stopped at the time limit; run this script again to go on"
         exit 0
     fi
 }
 
 stage hsp90_box64 configs/sbi_hsp90_box64.yaml 35000
-stage hsp90_box64_from128 configs/sbi_hsp90_box64_from128.yaml 12000 "$RUNS/hsp90_box64/checkpoint.35000.pt"
-stage hsp90_box128_s2d configs/sbi_hsp90_box128_s2d.yaml 12000 "$RUNS/hsp90_box64_from128/checkpoint.12000.pt"
-stage hsp90_box128_s2d_ft configs/sbi_hsp90_box128_s2d_ft.yaml 16000 "$RUNS/hsp90_box128_s2d/checkpoint.12000.pt"
+stage hsp90_box64_from128 configs/sbi_hsp90_box64_from128.yaml 12000
+stage hsp90_box128_s2d configs/sbi_hsp90_box128_s2d.yaml 12000
+stage hsp90_box128_s2d_ft configs/sbi_hsp90_box128_s2d_ft.yaml 16000
 
 final=$RUNS/hsp90_box128_s2d_ft
 if [ ! -e "$final/symmetry.json" ]; then
