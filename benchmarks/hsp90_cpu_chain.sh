@@ -58,9 +58,9 @@ stage hsp90_box64_from128 configs/sbi_hsp90_box64_from128.yaml 12000
 stage hsp90_box128_s2d configs/sbi_hsp90_box128_s2d.yaml 12000
 stage hsp90_box128_s2d_ft configs/sbi_hsp90_box128_s2d_ft.yaml 16000
 
-final=$RUNS/hsp90_box128_s2d_ft
-if [ ! -e "$final/symmetry.json" ]; then
-    cryoconf sbi symmetrize "$final"
+last_run=$(dirname "$previous")   # the last stage's run directory
+if [ ! -e "$last_run/symmetry.json" ]; then
+    cryoconf sbi symmetrize "$last_run"
 fi
-echo "done: $final. Benchmark it with"
-echo "  python benchmarks/sbi_hsp90.py --run $final --symmetrize --orientations 36864"
+echo "done: $last_run. Benchmark it with"
+echo "  python benchmarks/sbi_hsp90.py --run $last_run --symmetrize --orientations 36864"
