@@ -84,3 +84,34 @@ def test_ctf_angle_direction_defocus_u_at_angle():
     fx, fy = fourier_grid_inv_A(64, 1.0, dtype=D)
     c = ctf_2d(fx, fy, p)[0]
     assert c.shape == (64, 33)
+
+
+def test_applied_ctf_is_the_real_full_plane_product_whatever_the_fft_library():
+    """apply_ctf's product on the rfft half-plane (ctf_rfft; the fused renderer's ctf_rfft_into is checked
+    against it in test_imaging_fused) equals the full-plane
+    product with each Nyquist bin's CTF averaged over its aliases (±½ px⁻¹): the product is then the
+    transform of a real image, and irfft2 has nothing left to library-specific conventions (an
+    astigmatic CTF left as evaluated made pocketfft and cuFFT differ by ~1e-3 of the peak)."""
+    from cryoconf.imaging.ctf import apply_ctf
+
+    g = torch.Generator().manual_seed(0)
+    b = 4
+    p = CTFParams.create(torch.tensor([12000.0, 15000, 9000, 20000]), torch.tensor([10000.0, 14000, 6000, 19000]),
+                         torch.tensor([0.3, 1.0, 2.0, 2.9]), bfactor_A2=30.0, dtype=torch.float64)
+    for box in (32, 33):
+        x = torch.randn(b, box, box, generator=g, dtype=torch.float64)  # white: strong at Nyquist
+        fx, fy = fourier_grid_inv_A(box, 1.5, rfft=False, dtype=torch.float64)
+
+        def other_alias(f):
+            f = f.clone()
+            f[f == -0.5 / 1.5] *= -1  # fftfreq's Nyquist is −½ px⁻¹ (even box only)
+            return f
+
+        ctf_full = sum(ctf_2d(a, c, p) for a in (fx, other_alias(fx)) for c in (fy, other_alias(fy))) / 4
+        ref = torch.fft.ifft2(torch.fft.fft2(x) * ctf_full)
+        assert float(ref.imag.abs().max()) < 1e-12  # Hermitian: a real image
+        assert torch.allclose(apply_ctf(x, p, 1.5), ref.real, atol=1e-12)
+    # left as evaluated, the astigmatic CTF's Nyquist column would not be Hermitian (the test has teeth)
+    hx, hy = fourier_grid_inv_A(32, 1.5, rfft=True, dtype=torch.float64)
+    col = ctf_2d(hx, hy, p)[..., -1]
+    assert float((col - col[..., (-torch.arange(32)) % 32]).abs().max()) > 1e-3

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cryoconf.errors import InputError
-from cryoconf.imaging.ctf import CTFParams, ctf_2d, ctf_rfft_into
+from cryoconf.imaging.ctf import CTFParams, ctf_2d, ctf_rfft, ctf_rfft_into
 from cryoconf.imaging.forward import RenderWorkspace, parseval_variance, render_images, render_noisy_images
 from cryoconf.imaging.grids import fourier_grid_inv_A
 from cryoconf.imaging.noise import signal_variance
@@ -73,7 +73,8 @@ def test_ctf_rfft_into_matches_ctf_2d():
                          torch.linspace(0, 3, b, dtype=torch.float64), bfactor_A2=torch.linspace(0, 50, b, dtype=torch.float64),
                          scale=0.7, phase_shift_rad=0.2, dtype=torch.float64)
     fx, fy = fourier_grid_inv_A(64, 1.5, rfft=True, dtype=torch.float64)
-    ref = ctf_2d(fx, fy, p)
+    ref = ctf_rfft(64, 1.5, p, torch.float64)  # ctf_2d with Hermitian-consistent Nyquist row and column
+    assert torch.equal(ref[:, :32, :32], ctf_2d(fx, fy, p)[:, :32, :32])
     got = ctf_rfft_into(torch.empty(b, 64, 33, dtype=torch.float64), 64, 1.5, p)
     assert torch.allclose(got, ref, atol=1e-9)
     got32 = ctf_rfft_into(torch.empty(b, 64, 33), 64, 1.5, p.to(dtype=torch.float32))

@@ -46,8 +46,7 @@ from cryoconf.baseline.likelihood import (
     log_marginal_likelihood,
 )
 from cryoconf.errors import InputError
-from cryoconf.imaging.ctf import CTFParams, ctf_2d
-from cryoconf.imaging.grids import fourier_grid_inv_A
+from cryoconf.imaging.ctf import CTFParams, ctf_rfft
 from cryoconf.imaging.projection import project_gaussians
 
 log = logging.getLogger(__name__)
@@ -226,8 +225,7 @@ class _ParticleBatch:
         xf = torch.fft.rfft2(x)  # (b, box, kh)
         if use_ctf:
             params = _grid_ctf(ctf, b, defocus, relative, dt, dev)
-            fx, fy = fourier_grid_inv_A(box, apix_A, rfft=True, dtype=dt, device=dev)
-            ctfv = ctf_2d(fx, fy, params).reshape(b, len(defocus), box, self.kh)
+            ctfv = ctf_rfft(box, apix_A, params, dt, dev).reshape(b, len(defocus), box, self.kh)
         else:
             ctfv = torch.ones(b, 1, box, self.kh, dtype=dt, device=dev)
         self.nd = ctfv.shape[1]

@@ -131,9 +131,8 @@ def apply_ctf(images: torch.Tensor, params: CTFParams, apix_A: float, pad_factor
     if big > box:
         p0 = big // 2 - box // 2
         images = torch.nn.functional.pad(images, (p0, big - box - p0, p0, big - box - p0))
-    fx, fy = _grid_cached(big, apix_A, images.dtype, images.device)
     ft = torch.fft.rfft2(images)
-    ctf = ctf_2d(fx, fy, params)
+    ctf = ctf_rfft(big, apix_A, params, images.dtype, images.device)
     if torch.is_grad_enabled() and (ft.requires_grad or ctf.requires_grad):
         ft = ft * ctf
     else:  # real × complex in place: no complex copy of the CTF, no new spectrum
@@ -142,6 +141,40 @@ def apply_ctf(images: torch.Tensor, params: CTFParams, apix_A: float, pad_factor
     if big > box:
         out = out[..., p0:p0 + box, p0:p0 + box]
     return out
+
+
+def ctf_rfft(box: int, apix_A: float, params: CTFParams, dtype=torch.float32, device=None) -> torch.Tensor:
+    """CTF (B, box, box//2+1) on the ``rfft2`` half-plane of a (box, box) image, Hermitian-consistent.
+
+    For an even ``box`` the Nyquist row and column hold both aliases ±½ px⁻¹ of their bins, and an
+    astigmatic CTF differs between them; :func:`hermitian_nyquist` gives each such bin the mean of
+    its values. ``irfft2(rfft2(x)·CTF)`` is then the full-plane ``ifft2(fft2(x)·CTF)`` with each
+    Nyquist bin's CTF averaged over its aliases, a real image, whatever the FFT library (pocketfft
+    and cuFFT otherwise read the Nyquist column differently: up to ~1e-3 of the peak).
+    """
+    fx, fy = _grid_cached(box, apix_A, dtype, device)
+    ctf = ctf_2d(fx, fy, params)
+    if box % 2:
+        return ctf
+    h = box // 2  # the Nyquist row: its other alias is at +½ px⁻¹ (the grid holds −½)
+    return hermitian_nyquist(ctf, ctf_2d(fx[h:h + 1], -fy[h:h + 1], params)[:, 0], box)
+
+
+def hermitian_nyquist(ctf_rfft: torch.Tensor, nyquist_row_alias: torch.Tensor, box: int) -> torch.Tensor:
+    """``ctf_rfft`` (B, box, box//2+1), even ``box``, with its Nyquist row averaged with
+    ``nyquist_row_alias`` (B, box//2+1: the CTF at ky = +½ px⁻¹) and its Nyquist column with
+    itself at −ky: the real part of the full-plane CTF product (autograd-safe)."""
+    h = box // 2
+    row = 0.5 * (ctf_rfft[:, h] + nyquist_row_alias)
+    ctf_rfft = torch.cat([ctf_rfft[:, :h], row[:, None], ctf_rfft[:, h + 1:]], dim=1)
+    col = ctf_rfft[..., -1]
+    col = 0.5 * (col + col[..., _negated_index(box, col.device)])
+    return torch.cat([ctf_rfft[..., :-1], col[..., None]], dim=-1)
+
+
+def _negated_index(box: int, device) -> torch.Tensor:
+    """Index of −k for each FFT index k of a length-``box`` axis."""
+    return (-torch.arange(box, device=device)) % box
 
 
 def _grid_cached(box: int, apix_A: float, dtype, device):
@@ -191,7 +224,17 @@ def ctf_rfft_into(out: torch.Tensor, box: int, apix_A: float, params: CTFParams)
         0.5 * torch.pi * params.cs_mm.to(dev, dt) * 1e7 * lam**3,
         -(params.phase_shift_rad.to(dev, dt) + torch.asin(params.amplitude_contrast.to(dev, dt))),
     ], dim=1)
-    torch.mm(coef, terms, out=out.view(out.shape[0], -1)).sin_()
+    gamma = torch.mm(coef, terms, out=out.view(out.shape[0], -1)).view(out.shape)
+    if box % 2 == 0:  # Hermitian-consistent Nyquist row and column, as ctf_rfft makes them
+        h = box // 2
+        # the row's other alias (+½ px⁻¹) flips the sign of the s²·sin 2α term
+        alias = torch.sin(gamma[:, h] - 2.0 * coef[:, 2:3] * terms[2].view(out.shape[1:])[h])
+        gamma.sin_()
+        gamma[:, h].add_(alias).mul_(0.5)
+        col = gamma[..., -1]
+        col.copy_(0.5 * (col + col[..., _negated_index(box, dev)]))
+    else:
+        gamma.sin_()
     if bool((params.bfactor_A2 != 0).any()):
         s2 = terms[0].view(out.shape[1:])
         out.mul_(torch.exp(-params.bfactor_A2.to(dev, dt)[:, None, None] * s2 / 4.0))
