@@ -150,7 +150,8 @@ def render_noisy_images(
         cs = p.chunk_size
         starts = list(range(0, bsz, cs))
         # one noise seed per chunk: the draws do not depend on the order chunks are rendered in
-        seeds = torch.randint(0, 2**62, (len(starts),), generator=generator, device="cpu").tolist()
+        seeds = torch.randint(0, 2**62, (len(starts),), generator=generator,
+                              device=generator.device if generator is not None else "cpu").tolist()
         noisy_out = torch.empty(bsz, box, box, dtype=dt, device=dev)
         clean_out = torch.empty(bsz, box, box, dtype=dt, device=dev) if return_clean else None
         p0 = big // 2 - box // 2
