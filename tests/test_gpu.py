@@ -26,6 +26,10 @@ pytestmark = pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_availa
 
 
 def test_rendering_on_the_gpu_equals_the_cpu():
+    """The GPU renders what the CPU renders: to rounding in float64, and in float32 as close to the
+    float64 images as the CPU's float32 ones are (~1e-6 of the peak). An H100 once differed by 6e-4
+    with the CTF: cuFFT and pocketfft read a CTF product that was not Hermitian on the Nyquist
+    column differently (fixed by imaging.ctf.ctf_rfft; see test_imaging_ctf_shift)."""
     from cryoconf.imaging.ctf import CTFParams
     from cryoconf.imaging.forward import render_images
     from cryoconf.imaging.rotations import random_rotations
@@ -36,15 +40,46 @@ def test_rendering_on_the_gpu_equals_the_cpu():
     sig = 1.0 + 2.0 * torch.rand(b, 1, generator=g)
     rots = random_rotations(b, g)
     shifts = 3.0 * torch.randn(b, 2, generator=g)
-    ctf = CTFParams.create(12000 + 6000 * torch.rand(b, generator=g), 11000 + 6000 * torch.rand(b, generator=g),
-                           torch.rand(b, generator=g) * math.pi, bfactor_A2=30.0)
+    du, dv = 12000 + 6000 * torch.rand(b, generator=g), 11000 + 6000 * torch.rand(b, generator=g)
+    ang = torch.rand(b, generator=g) * math.pi
     amps = torch.ones(n)
-    ref = render_images(coords, amps, sig, rots, shifts, ctf, box, apix, pad_factor=2)
-    out = render_images(coords.to(CUDA), amps.to(CUDA), sig.to(CUDA), rots.to(CUDA), shifts.to(CUDA), ctf.to(device=CUDA),
-                        box, apix, pad_factor=2)
-    assert out.device.type == CUDA.type
-    scale = float(ref.abs().max())
-    assert float((out.cpu() - ref).abs().max()) < 1e-4 * scale
+
+    def render(device, dtype, with_ctf=True):
+        ctf = CTFParams.create(du.to(dtype), dv.to(dtype), ang.to(dtype), bfactor_A2=30.0).to(device=device)
+        out = render_images(coords.to(device, dtype), amps.to(device, dtype), sig.to(device, dtype),
+                            rots.to(device, dtype), shifts.to(device, dtype), ctf if with_ctf else None, box, apix,
+                            pad_factor=2)
+        assert out.device.type == torch.device(device).type and out.dtype == dtype
+        return out.cpu().double()
+
+    for with_ctf in (True, False):
+        ref = render("cpu", torch.float64, with_ctf)
+        scale = float(ref.abs().max())
+        assert float((render(CUDA, torch.float64, with_ctf) - ref).abs().max()) < 1e-9 * scale
+        assert float((render(CUDA, torch.float32, with_ctf) - ref).abs().max()) < 1e-5 * scale
+        assert float((render("cpu", torch.float32, with_ctf) - ref).abs().max()) < 1e-5 * scale
+
+
+def test_noisy_rendering_draws_its_noise_from_a_generator_on_the_device():
+    """A generator on the GPU seeds the per-chunk noise (benchmarks/baseline_cost.py passes one)."""
+    from cryoconf.imaging.forward import render_noisy_images
+    from cryoconf.imaging.rotations import random_rotations
+
+    g = torch.Generator().manual_seed(0)
+    coords = (torch.randn(6, 200, 3, generator=g) * 10.0).to(CUDA)
+    rots = random_rotations(6, g).to(CUDA)
+
+    def noisy(seed):
+        return render_noisy_images(coords, 1.0, 2.0, rots, None, None, 48, 1.5, 0.1, chunk_size=2,
+                                   generator=torch.Generator(device=CUDA).manual_seed(seed))
+
+    a, b, c = noisy(1), noisy(1), noisy(2)
+    assert a.device.type == CUDA.type and bool(torch.isfinite(a).all())
+    assert torch.equal(a, b)  # the same seed, the same noise
+    assert float((a - c).abs().mean()) > 0.1 * float(a.std())  # another seed, other noise
+    clean_var = render_noisy_images(coords, 1.0, 2.0, rots, None, None, 48, 1.5, float("inf")).var(dim=(1, 2))
+    noise_var = (a - render_noisy_images(coords, 1.0, 2.0, rots, None, None, 48, 1.5, float("inf"))).var(dim=(1, 2))
+    assert torch.allclose(noise_var / clean_var, torch.full_like(clean_var, 10.0), rtol=0.25)  # SNR 0.1 (box)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +99,9 @@ def test_training_on_the_gpu_learns_and_its_checkpoint_loads_anywhere(gpu_run):
     config, result = gpu_run
     losses = np.array([v for _, v in result.train_losses])
     assert np.all(np.isfinite(losses)) and losses[-30:].mean() < 0.7 * losses[:10].mean()
-    assert result.validation_losses[-1][1] < result.validation_losses[0][1]
+    # held out, the trained model beats the untrained one's loss by far (the validation loss itself
+    # fluctuates by ±0.05 between checks once learnt, and the GPU's order of additions differs)
+    assert result.validation_losses[-1][1] < 0.6 * losses[:10].mean()
     cpu, _ = load_run(result.run_dir, device="cpu")
     gpu, _ = load_run(result.run_dir, device=CUDA.type)
     assert cpu.device.type == "cpu" and gpu.device.type == CUDA.type
