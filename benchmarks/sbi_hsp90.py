@@ -127,6 +127,10 @@ def npe_means(model: SBIModel, images: torch.Tensor, prepare, n_samples: int, tr
     ``prepare`` (resampling to the model's grid, when the particles are at another sampling),
     normalisation, embedding and summaries; the median of ``repeats`` passes over all particles.
     Also, per particle, the fraction of the samples within ``tolerance`` of ``truth`` (outside the timing)."""
+    def sync():
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+
     model.summarize(prepare(images[:8]))  # warm-up
     model.sample(prepare(images[:8]), n_samples)
 
@@ -144,18 +148,20 @@ def npe_means(model: SBIModel, images: torch.Tensor, prepare, n_samples: int, tr
     def timed(fn):
         seconds, out = [], None
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             out = fn()
+            sync()  # a GPU's kernels run asynchronously: the time is the work's, not its launch's
             seconds.append((time.perf_counter() - t0) / images.shape[0])
         return out, float(np.median(seconds))
 
     parts, flow_seconds = timed(flow_pass)
     (samples, sampled_means), sampled_seconds = timed(sampled_pass)
-    x = torch.cat(samples, 1).numpy()
+    x = torch.cat(samples, 1).cpu().numpy()
     within = (np.abs(x - truth[None]) <= tolerance).mean(0)
     mean = np.concatenate([p.mean[:, 0] for p in parts])
     std = np.concatenate([p.std[:, 0] for p in parts])
-    return mean, std, flow_seconds, sampled_seconds, within, torch.cat(sampled_means).numpy()
+    return mean, std, flow_seconds, sampled_seconds, within, torch.cat(sampled_means).cpu().numpy()
 
 
 def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, args):
@@ -186,7 +192,7 @@ def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, i
     base_m, base_s, base_t, base_map, base_result = baseline_means(simulator, theta, params, images, args)
     # the baseline's posterior mass on the templates within the tolerance of the true θ
     base_within = (base_result.posterior * (np.abs(theta[None, :] - truth[:, None]) <= args.tolerance)).sum(1)
-    template = params["template"].numpy()  # the template each particle was rendered from
+    template = params["template"].cpu().numpy()  # the template each particle was rendered from
     return {
         "box": simulator.box, "apix_A": simulator.apix_A,
         "rms_difference_of_posterior_means_A": round(rms(npe_m - base_m), 4),
@@ -288,13 +294,13 @@ def main() -> None:
             out[key].append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
             grid = simulator if source is None else source
             label = f"SNR {snr:g} at {grid.render_apix_A:g} Å/px"
-            per_snr.append((label, truth.numpy(), x[0].numpy(), x.std(0).numpy()))  # one sample per particle
+            per_snr.append((label, truth.cpu().numpy(), x[0].cpu().numpy(), x.std(0).cpu().numpy()))  # one sample per particle
     comparison = None
     if args.baseline_particles > 0:
         source = paper if paper is not None else simulator
         params, images = simulate_held_out(source, args.baseline_particles, snr=args.baseline_snr,
                                            seed=EVALUATION_SEED + 1)
-        truth = params["theta"].numpy()
+        truth = params["theta"].cpu().numpy()
         theta = np.asarray(simulator.template_prior.theta, dtype=np.float64)  # (M,) in template order
         prepare = lambda x: to_model_grid(model, source, x)
         npe_m, npe_s, npe_t, npe_t_sampled, npe_within, npe_m_sampled = npe_means(model, images, prepare, args.samples,
