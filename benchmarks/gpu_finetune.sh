@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: fine-tune the box-128 compact CNN (configs/sbi_hsp90_box128_s2d_gpu.yaml,
+# batch 1,024) from a CPU-trained checkpoint for as many steps as fit in BUDGET_S seconds, so that the
+# cosine schedule ends in time; the final checkpoint and the loss curve come back in $OUT.
+#   here:   bash benchmarks/gpu_prepare.sh; mkdir -p .gpu/init; cp runs/hsp90_box128_s2d_ft/checkpoint.N.pt .gpu/init/
+#   device: run(command="bash benchmarks/gpu_finetune.sh", carry=[".gpu"], timeout_s=600)
+#   after:  a run directory of the returned config.yaml and checkpoint (docs/sbi.md), then benchmarks/sbi_hsp90.py --run
+# A dry run here, on the CPU: DEVICE=cpu BUDGET_S=30 OUT=/tmp/ft_dry bash benchmarks/gpu_finetune.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+DEVICE=${DEVICE:-cuda}
+BUDGET_S=${BUDGET_S:-460}
+CONFIG=${CONFIG:-configs/sbi_hsp90_box128_s2d_gpu.yaml}
+INIT=${INIT:-$(ls .gpu/init/checkpoint.*.pt | head -n 1)}
+RUN=/tmp/gpu_finetune_run
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ "$DEVICE" = cuda ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .gpu/whl/*.whl || { echo "installing .gpu/whl failed: run benchmarks/gpu_prepare.sh and carry .gpu" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site:$PWD/src
+fi
+[ -d .gpu/shared_data ] && export CRYOCONF_SHARED_DATA=$PWD/.gpu/shared_data
+models=${CRYOCONF_SHARED_DATA:-../shared/data}/hsp90/hsp90_models.pt
+# 1. a timed probe at this config's batch (it also builds configs/hsp90_ensemble.npz). Its rate counts the
+#    warm-up: 40 steps gave 7.9 steps/s on an H100 where the run then made 14.3, so the run used half its
+#    budget; 200 steps come closer, and --time-limit below still stops a run the probe misjudged.
+python3 benchmarks/sbi_train_hsp90.py --config "$CONFIG" --models "$models" --steps "${PROBE_STEPS:-200}" --device "$DEVICE" \
+    -o /tmp/gpu_finetune_probe > "$OUT/probe.json" || { cat "$OUT/probe.json"; exit 1; }
+steps=$(python3 -c "import json; print(max(10, int(0.92 * json.load(open('$OUT/probe.json'))['steps_per_s'] * $BUDGET_S)))")
+echo "probe: $(grep steps_per_s "$OUT/probe.json"); training $steps steps from $INIT" | tee "$OUT/plan.txt"
+# 2. the fine-tuning; --time-limit only guards against a probe that was too optimistic
+rm -rf "$RUN"
+python3 -m cryoconf sbi train "$CONFIG" -o "$RUN" --init "$INIT" --device "$DEVICE" --steps "$steps" \
+    --time-limit "$(python3 -c "print(($BUDGET_S + 60) / 60)")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
+# 3. what comes back: the newest checkpoint (≤ 16 MiB, else without the optimiser state), config, log, losses
+python3 - "$RUN" "$OUT" <<'PY'
+import sys
+from pathlib import Path
+import torch
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+ckpts = sorted(run.glob("checkpoint.*.pt"), key=lambda p: int(p.name.split(".")[1]))
+if not ckpts:
+    sys.exit("no checkpoint was written")
+ck = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+if ckpts[-1].stat().st_size > 16_000_000:
+    ck.pop("optimizer_state", None)  # only the weights are needed to evaluate the model
+torch.save(ck, out / ckpts[-1].name)
+for name in ("config.yaml", "run.log", "loss.csv", "loss.png"):
+    if (run / name).exists():
+        (out / name).write_bytes((run / name).read_bytes())
+print("returned", ckpts[-1].name, (out / ckpts[-1].name).stat().st_size, "bytes")
+PY
