@@ -87,11 +87,11 @@ def test_ctf_angle_direction_defocus_u_at_angle():
 
 
 def test_applied_ctf_is_the_real_full_plane_product_whatever_the_fft_library():
-    """apply_ctf's product on the rfft half-plane (ctf_rfft; the fused renderer's ctf_rfft_into is checked
-    against it in test_imaging_fused) equals the full-plane
-    product with each Nyquist bin's CTF averaged over its aliases (±½ px⁻¹): the product is then the
-    transform of a real image, and irfft2 has nothing left to library-specific conventions (an
-    astigmatic CTF left as evaluated made pocketfft and cuFFT differ by ~1e-3 of the peak)."""
+    """apply_ctf's product on the rfft half-plane (ctf_rfft; the fused renderer's ctf_rfft_into is
+    checked against it in test_imaging_fused) equals the full-plane product with each Nyquist bin's
+    CTF averaged over its aliases (±½ px⁻¹): the transform of a real image, which leaves irfft2
+    nothing to read by library-specific conventions (an astigmatic CTF left as evaluated made
+    pocketfft and cuFFT differ by ~1e-3 of the peak)."""
     from cryoconf.imaging.ctf import apply_ctf
 
     g = torch.Generator().manual_seed(0)
