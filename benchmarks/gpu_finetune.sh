@@ -14,14 +14,7 @@ BUDGET_S=${BUDGET_S:-460}
 CONFIG=${CONFIG:-configs/sbi_hsp90_box128_s2d_gpu.yaml}
 INIT=${INIT:-$(ls .gpu/init/checkpoint.*.pt | head -n 1)}
 RUN=/tmp/gpu_finetune_run
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ "$DEVICE" = cuda ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .gpu/whl/*.whl || { echo "installing .gpu/whl failed: run benchmarks/gpu_prepare.sh and carry .gpu" >&2; exit 1; }
-    export PYTHONPATH=/tmp/site:$PWD/src
-fi
-[ -d .gpu/shared_data ] && export CRYOCONF_SHARED_DATA=$PWD/.gpu/shared_data
+source benchmarks/gpu_env.sh
 models=${CRYOCONF_SHARED_DATA:-../shared/data}/hsp90/hsp90_models.pt
 # 1. a timed probe at this config's batch (it also builds configs/hsp90_ensemble.npz). Its rate counts the
 #    warm-up: 40 steps gave 7.9 steps/s on an H100 where the run then made 14.3, so the run used half its
@@ -36,19 +29,21 @@ python3 -m cryoconf sbi train "$CONFIG" -o "$RUN" --init "$INIT" --device "$DEVI
     --time-limit "$(python3 -c "print(($BUDGET_S + 60) / 60)")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
 # 3. what comes back: the newest checkpoint (≤ 16 MiB, else without the optimiser state), config, log, losses
 python3 - "$RUN" "$OUT" <<'PY'
+import shutil
 import sys
 from pathlib import Path
 import torch
+from cryoconf.rundir import resolve_checkpoint
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
-ckpts = sorted(run.glob("checkpoint.*.pt"), key=lambda p: int(p.name.split(".")[1]))
-if not ckpts:
-    sys.exit("no checkpoint was written")
-ck = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-if ckpts[-1].stat().st_size > 16_000_000:
-    ck.pop("optimizer_state", None)  # only the weights are needed to evaluate the model
-torch.save(ck, out / ckpts[-1].name)
+newest = resolve_checkpoint("latest", run)  # raises, naming the run, when none was written
+if newest.stat().st_size > 16_000_000:  # only the weights are needed to evaluate the model
+    ck = torch.load(newest, map_location="cpu", weights_only=False)
+    ck.pop("optimizer_state", None)
+    torch.save(ck, out / newest.name)
+else:
+    shutil.copy(newest, out / newest.name)
 for name in ("config.yaml", "run.log", "loss.csv", "loss.png"):
     if (run / name).exists():
-        (out / name).write_bytes((run / name).read_bytes())
-print("returned", ckpts[-1].name, (out / ckpts[-1].name).stat().st_size, "bytes")
+        shutil.copy(run / name, out / name)
+print("returned", newest.name, (out / newest.name).stat().st_size, "bytes")
 PY

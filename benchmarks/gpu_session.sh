@@ -12,18 +12,12 @@ OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-300}
 ORIENTATIONS=${ORIENTATIONS:-36864}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 if [ "$DEVICE" = cuda ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .gpu/whl/*.whl || { echo "installing .gpu/whl failed: run benchmarks/gpu_prepare.sh and carry .gpu" \
-        | tee "$OUT/env.txt"; exit 1; }
-    export PYTHONPATH=/tmp/site:$PWD/src
     nvidia-smi > "$OUT/env.txt" 2>&1
 else
     export CRYOCONF_TEST_DEVICE=cpu  # tests/test_gpu.py with the CPU in the GPU's place
 fi
-[ -d .gpu/shared_data ] && export CRYOCONF_SHARED_DATA=$PWD/.gpu/shared_data
 python3 -c "import torch, cryoconf; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" >> "$OUT/env.txt" 2>&1
 # 1. the GPU tests: tests/test_gpu.py and the device-parametrised preparation tests
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_data_preprocess.py \

@@ -147,7 +147,7 @@ def ctf_rfft(box: int, apix_A: float, params: CTFParams, dtype=torch.float32, de
     """CTF (B, box, box//2+1) on the ``rfft2`` half-plane of a (box, box) image, Hermitian-consistent.
 
     For an even ``box`` the Nyquist row and column hold both aliases ±½ px⁻¹ of their bins, and an
-    astigmatic CTF differs between them; :func:`hermitian_nyquist` gives each such bin the mean of
+    astigmatic CTF differs between them; :func:`_hermitian_nyquist` gives each such bin the mean of
     its values. ``irfft2(rfft2(x)·CTF)`` is then the full-plane ``ifft2(fft2(x)·CTF)`` with each
     Nyquist bin's CTF averaged over its aliases, a real image, whatever the FFT library (pocketfft
     and cuFFT otherwise read the Nyquist column differently: up to ~1e-3 of the peak).
@@ -157,19 +157,19 @@ def ctf_rfft(box: int, apix_A: float, params: CTFParams, dtype=torch.float32, de
     if box % 2:
         return ctf
     h = box // 2  # the Nyquist row: its other alias is at +½ px⁻¹ (the grid holds −½)
-    return hermitian_nyquist(ctf, ctf_2d(fx[h:h + 1], -fy[h:h + 1], params)[:, 0], box)
+    return _hermitian_nyquist(ctf, ctf_2d(fx[h:h + 1], -fy[h:h + 1], params)[:, 0], box)
 
 
-def hermitian_nyquist(ctf_rfft: torch.Tensor, nyquist_row_alias: torch.Tensor, box: int) -> torch.Tensor:
-    """``ctf_rfft`` (B, box, box//2+1), even ``box``, with its Nyquist row averaged with
+def _hermitian_nyquist(ctf_rfft: torch.Tensor, nyquist_row_alias: torch.Tensor, box: int) -> torch.Tensor:
+    """A copy of ``ctf_rfft`` (B, box, box//2+1), even ``box``, with its Nyquist row averaged with
     ``nyquist_row_alias`` (B, box//2+1: the CTF at ky = +½ px⁻¹) and its Nyquist column with
     itself at −ky: the real part of the full-plane CTF product (autograd-safe)."""
     h = box // 2
-    row = 0.5 * (ctf_rfft[:, h] + nyquist_row_alias)
-    ctf_rfft = torch.cat([ctf_rfft[:, :h], row[:, None], ctf_rfft[:, h + 1:]], dim=1)
-    col = ctf_rfft[..., -1]
-    col = 0.5 * (col + col[..., _negated_index(box, col.device)])
-    return torch.cat([ctf_rfft[..., :-1], col[..., None]], dim=-1)
+    out = ctf_rfft.clone()
+    out[:, h] = 0.5 * (ctf_rfft[:, h] + nyquist_row_alias)
+    col = out[..., -1].clone()
+    out[..., -1] = 0.5 * (col + col[..., _negated_index(box, col.device)])
+    return out
 
 
 def _negated_index(box: int, device) -> torch.Tensor:
