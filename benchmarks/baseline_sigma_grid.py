@@ -14,7 +14,7 @@ RMS difference of the posterior means from the full grid's, their RMSE against t
     python benchmarks/baseline_sigma_grid.py --n 40 --json runs/baseline_sigma_grid.json
 
 Cost: one baseline pass per σ; with 40 particles in one batch the template projections
-(rendered once per batch) dominate: about 3–4 minutes per σ value on 2 CPU threads.
+(rendered once per batch) dominate: 3–6 minutes per σ value on 2 CPU threads.
 """
 
 from __future__ import annotations
