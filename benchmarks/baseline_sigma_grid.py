@@ -91,6 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not 1 <= args.n <= 200:
+        ap.error(f"--n must be between 1 and 200 (the benchmark's comparison particles), got {args.n}")
     subgrids = [[float(s) for s in g.split(",")] for g in args.subgrids.split(";") if g.strip()]
     for g in subgrids:
         missing = [s for s in g if s not in args.sigmas]
@@ -98,7 +100,7 @@ def main() -> None:
             ap.error(f"sub-grid {g} has σ values outside --sigmas: {missing}")
 
     sim = SBISimulator.from_config(load_config(args.config))
-    params, images = simulate_held_out(sim, max(200, args.n), snr=args.snr, seed=EVALUATION_SEED + 1)
+    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=EVALUATION_SEED + 1)
     images, truth = images[:args.n], params["theta"][:args.n].numpy()
     ctf = sim.ctf_params(params)[:args.n]
     theta = np.asarray(sim.template_prior.theta, dtype=np.float64)
