@@ -29,20 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
+from cryoconf.baseline import (
+    BaselineConfig,
+    TemplateSet,
+    log_mean_likelihood,
+    score_particles,
+    template_posterior,
+    theta_moments,
+)
 from cryoconf.sbi.config import load_config
 from cryoconf.sbi.evaluation import EVALUATION_SEED, simulate_held_out
 from cryoconf.sbi.simulator import SBISimulator
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def posterior_over_templates(log_likelihoods: list[np.ndarray]) -> np.ndarray:
-    """(P, M) posterior over templates (uniform template prior) with σ marginalised uniformly over the
-    grid whose per-σ log-likelihoods (P, M) are given: ln mean_σ p(x | m, σ), normalised over m."""
-    ll = np.logaddexp.reduce(np.stack(log_likelihoods), axis=0) - math.log(len(log_likelihoods))
-    post = np.exp(ll - ll.max(axis=1, keepdims=True))
-    return post / post.sum(axis=1, keepdims=True)
 
 
 def _key(s: float) -> str:
@@ -104,6 +103,7 @@ def main() -> None:
     images, truth = images[:args.n], params["theta"][:args.n].numpy()
     ctf = sim.ctf_params(params)[:args.n]
     theta = np.asarray(sim.template_prior.theta, dtype=np.float64)
+    log_prior = np.full(theta.size, -math.log(theta.size))  # uniform over templates, as the benchmark
     step = args.defocus_step
     cfg = BaselineConfig(n_orientations=args.orientations, shift_range_A=0.0, shift_step_A=sim.apix_A,
                          defocus_offsets_A=(-step, 0.0, step) if step > 0 else (0.0,),
@@ -120,9 +120,8 @@ def main() -> None:
             save_scores(args.scores, args, truth, per_sigma, seconds)
 
     def figures(grid: list[float], reference: np.ndarray | None) -> dict:
-        post = posterior_over_templates([per_sigma[s] for s in grid])
-        mean = post @ theta
-        std = np.sqrt(np.clip(post @ theta ** 2 - mean ** 2, 0, None))
+        post = template_posterior(log_mean_likelihood([per_sigma[s] for s in grid]), log_prior)
+        mean, std = theta_moments(post, theta)
         within = (post * (np.abs(theta[None] - truth[:, None]) <= args.tolerance)).sum(1)
         out = {"sigmas_A": grid, "mean_rmse_vs_truth_A": round(float(np.sqrt(np.mean((mean - truth) ** 2))), 4),
                "mean_std_A": round(float(std.mean()), 4), "mass_within_tolerance": round(float(within.mean()), 4)}

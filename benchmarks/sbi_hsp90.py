@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import platform
 import re
 import time
@@ -62,7 +61,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
+from cryoconf.baseline import (
+    BaselineConfig,
+    TemplateSet,
+    log_mean_likelihood,
+    score_particles,
+)
 from cryoconf.rundir import list_checkpoints
 from cryoconf.sbi.config import load_config
 from cryoconf.sbi.evaluation import (
@@ -180,8 +184,7 @@ def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, ima
         results.append(score_particles(tm, images, simulator.apix_A, cfg, ctf=ctf, progress=True))
     seconds = (time.perf_counter() - t0) / images.shape[0]
     # σ marginalised with a uniform prior over the grid: ln mean_σ p(x | m, σ)
-    ll = np.logaddexp.reduce(np.stack([r.log_likelihood for r in results]), axis=0) - math.log(len(results))
-    result = dataclasses.replace(results[0], log_likelihood=ll)
+    result = dataclasses.replace(results[0], log_likelihood=log_mean_likelihood([r.log_likelihood for r in results]))
     summary = result.theta_summary()
     return summary["theta_mean"], summary["theta_std"], seconds, result.map_template, result
 

@@ -311,3 +311,23 @@ def test_fourier_machinery_equals_direct_rendering(contrast):
                                                cfg.priors))
         direct = float(torch.logsumexp(torch.cat(lls), 0) - math.log(72 * 9 * 2))
         assert res.log_likelihood[0, m] == pytest.approx(direct, abs=1e-3)
+
+
+def test_grid_marginal_and_template_posterior_match_direct_sums():
+    """ln mean over a nuisance grid, the posterior over templates and its θ moments, against
+    sums of the probabilities themselves (two σ values, two particles, three templates)."""
+    from cryoconf.baseline import log_mean_likelihood, template_posterior, theta_moments
+
+    rng = np.random.default_rng(0)
+    ll = [rng.normal(size=(2, 3)) - 700.0 for _ in range(2)]  # exp() alone would underflow
+    marginal = log_mean_likelihood(ll)
+    np.testing.assert_allclose(np.exp(marginal + 700.0), (np.exp(ll[0] + 700.0) + np.exp(ll[1] + 700.0)) / 2,
+                               rtol=1e-12)
+    log_prior = np.log(np.array([0.5, 0.25, 0.25]))
+    post = template_posterior(marginal, log_prior)
+    direct = np.exp(marginal + 700.0) * np.exp(log_prior)
+    np.testing.assert_allclose(post, direct / direct.sum(1, keepdims=True), rtol=1e-12)
+    theta = np.array([0.0, 1.0, 3.0])
+    mean, std = theta_moments(post, theta)
+    np.testing.assert_allclose(mean, post @ theta, rtol=1e-12)
+    np.testing.assert_allclose(std, np.sqrt((post * (theta[None] - mean[:, None]) ** 2).sum(1)), rtol=1e-10)

@@ -25,8 +25,11 @@ from cryoconf.baseline.run import (
     BaselineConfig,
     BaselineResult,
     TemplateSet,
+    log_mean_likelihood,
     run_baseline,
     score_particles,
+    template_posterior,
+    theta_moments,
     write_outputs,
 )
 
@@ -37,6 +40,7 @@ __all__ = [
     "TemplateSet",
     "defocus_grid_A",
     "hopf_quaternions",
+    "log_mean_likelihood",
     "log_constant",
     "log_marginal_likelihood",
     "run_baseline",
@@ -45,5 +49,7 @@ __all__ = [
     "so3_grid",
     "so3_grid_quaternions",
     "super_fibonacci_quaternions",
+    "template_posterior",
+    "theta_moments",
     "write_outputs",
 ]

@@ -162,18 +162,34 @@ class BaselineResult:
 
     @property
     def posterior(self) -> np.ndarray:
-        lp = self.log_likelihood + self.log_prior[None]
-        return np.exp(lp - _logsumexp(lp, axis=1)[:, None])
+        return template_posterior(self.log_likelihood, self.log_prior)
 
     @property
     def map_template(self) -> np.ndarray:
         return np.argmax(self.posterior, axis=1)
 
     def theta_summary(self) -> dict:
-        p = self.posterior
-        mean = p @ self.theta
-        std = np.sqrt(np.clip(p @ (self.theta**2) - mean**2, 0.0, None))
+        mean, std = theta_moments(self.posterior, self.theta)
         return {"theta_mean": mean, "theta_std": std, "theta_map": self.theta[self.map_template]}
+
+
+def template_posterior(log_likelihood: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """(P, M) posterior over templates from ln p(x | m) (P, M) and the ln prior (M,)."""
+    lp = log_likelihood + log_prior[None]
+    return np.exp(lp - _logsumexp(lp, axis=1)[:, None])
+
+
+def log_mean_likelihood(log_likelihoods) -> np.ndarray:
+    """ln of the mean of several ln p(x | m) arrays (P, M) over a nuisance grid with a uniform prior,
+    e.g. one :func:`score_particles` pass per pseudo-atom width σ: ln mean_σ p(x | m, σ)."""
+    ll = np.stack([np.asarray(a, dtype=np.float64) for a in log_likelihoods])
+    return np.logaddexp.reduce(ll, axis=0) - math.log(ll.shape[0])
+
+
+def theta_moments(posterior: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (P,) of θ under per-particle posteriors (P, M) over templates at θ (M,)."""
+    mean = posterior @ theta
+    return mean, np.sqrt(np.clip(posterior @ (theta**2) - mean**2, 0.0, None))
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
