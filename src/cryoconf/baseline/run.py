@@ -18,7 +18,10 @@ For a batch of particles and a chunk of orientations of one template:
      N² integer shifts at once, from which the S grid shifts are read
      (integer-pixel grids only; better for large shift grids);
 5. ln p(x_i | c) from the sufficient statistics (:mod:`.likelihood`), then a
-   running log-sum-exp over (orientation, defocus, shift) with uniform weights.
+   running log-sum-exp over (orientation, defocus, shift) with uniform weights;
+6. optionally (``refine_levels`` > 0) each particle's best orientation cells are
+   replaced by finer ones, level by level (:mod:`.refinement`): an adaptive
+   quadrature of the orientation integral, rendered per particle.
 
 The cost per particle is O(M·R·D·K·S) multiply-adds (dft) or
 O(M·R·D·N² log N) (fft), with M templates, R orientations, D defoci, S shifts and
@@ -40,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cryoconf.baseline.grids import defocus_grid_A, shift_grid_A, so3_grid
+from cryoconf.baseline.refinement import cell_children, grid_spacing_rad, log_subtract_exp
 from cryoconf.baseline.likelihood import (
     LikelihoodPriors,
     log_constant,
@@ -74,7 +78,10 @@ class BaselineConfig:
     "dft" or "fft" (see the module docstring); ``particle_batch``: particles scored
     together (rendering is shared by a batch); ``max_block_elements``: floats in the
     largest working array; ``cache_bytes``: keep the template spectra across
-    batches when they fit.
+    batches when they fit. ``refine_levels``: levels of adaptive orientation
+    refinement after the grid (0: none), each replacing a particle's
+    ``refine_cells`` best cells by their 8 children of half the spacing
+    (:mod:`.refinement`; costs (1 + 8·levels)·cells extra orientations per particle).
     """
 
     n_orientations: int = 4608
@@ -91,10 +98,16 @@ class BaselineConfig:
     particle_batch: int = 128
     max_block_elements: int = 1 << 25
     cache_bytes: int = 1 << 30
+    refine_levels: int = 0
+    refine_cells: int = 16
 
     def validate(self) -> BaselineConfig:
         if self.n_orientations < 1:
             raise InputError(f"--orientations must be ≥ 1, got {self.n_orientations}")
+        if not 0 <= self.refine_levels <= 8:
+            raise InputError(f"--refine-levels must be between 0 and 8, got {self.refine_levels}")
+        if self.refine_cells < 1:
+            raise InputError(f"--refine-cells must be ≥ 1, got {self.refine_cells}")
         if self.shift_center not in ("zero", "metadata"):
             raise InputError(f"shift centre {self.shift_center!r} is unknown; use 'zero' or 'metadata'")
         if self.shift_method not in ("auto", "dft", "fft"):
@@ -148,13 +161,21 @@ class BaselineResult:
     log_likelihood: np.ndarray  # (P, M) ln p(x | template m)
     log_prior: np.ndarray  # (M,)
     theta: np.ndarray  # (M,) order parameter (template index when the ensemble has none)
-    best_orientation: np.ndarray  # (P, M) index into the SO(3) grid of the best grid point
+    best_orientation: np.ndarray  # (P, M) index into the SO(3) grid of the best grid point (before refinement)
     best_shift_A: np.ndarray  # (P, M, 2) its shift (x, y) Å
     best_defocus_A: np.ndarray  # (P, M) its defocus U (Å)
     best_log_likelihood: np.ndarray  # (P, M) ln p(x | c) at the best grid point
     rotations: np.ndarray  # (R, 3, 3) the SO(3) grid
     indices: np.ndarray | None = None  # (P,) metadata rows
     seconds: float = 0.0
+    best_rotation: np.ndarray | None = None  # (P, M, 3, 3) the best pose, refined ones included
+
+    def map_rotation(self) -> np.ndarray:
+        """(P, 3, 3) the best pose of each particle's MAP template."""
+        rows, mapt = np.arange(len(self.log_likelihood)), self.map_template
+        if self.best_rotation is not None:
+            return self.best_rotation[rows, mapt]
+        return self.rotations[self.best_orientation[rows, mapt]]
 
     @property
     def log_evidence(self) -> np.ndarray:
@@ -233,6 +254,7 @@ class _ParticleBatch:
         b, box = images.shape[0], images.shape[-1]
         dt, dev = images.dtype, images.device
         self.b, self.box, self.n = b, box, box * box
+        self.apix_A = apix_A
         self.kh = box // 2 + 1
         self.k = box * self.kh
         x = images
@@ -406,6 +428,8 @@ def score_particles(
     best_o = np.zeros((p_total, m_total), dtype=np.int64)
     best_shift = np.zeros((p_total, m_total, 2))
     best_def = np.zeros((p_total, m_total))
+    best_rot = np.zeros((p_total, m_total, 3, 3))
+    refine = config.refine_levels > 0
     bar = tqdm(total=p_total, unit="particle", desc="baseline", disable=not progress)
     for p0 in range(0, p_total, b_max):
         p1 = min(p_total, p0 + b_max)
@@ -415,6 +439,8 @@ def score_particles(
         shifts = centres[:, None, :] + grid[None]  # (b, S, 2)
         batch = _ParticleBatch(images[p0:p1], None if ctf is None else ctf[p0:p1], apix_A, shifts,
                                defocus, relative, config.use_ctf, method)
+        if refine:
+            orient_score = torch.full((b, r_total), -math.inf, dtype=torch.float64, device=dev)
         for m in range(m_total):
             acc = torch.full((b,), -math.inf, dtype=torch.float64, device=dev)
             bmax = torch.full((b,), -math.inf, dtype=torch.float64, device=dev)
@@ -431,11 +457,13 @@ def score_particles(
                     if use_cache:
                         cache[(m, o0, o1)] = spec
                 sc, scc, sxc = batch.stats(spec, config.max_block_elements)
-                if bool((scc - sc * sc / n <= 0).any()):
-                    raise InputError(f"template {m} renders a constant image at some orientations (no contrast in "
-                                     f"the {box}-px box): check the box, pixel size and the template's coordinates")
+                _check_contrast(sc, scc, n, m, box)
                 oc = o1 - o0
                 flat = _block_log_likelihood(batch, sc, scc, sxc, n, config.priors).view(b, -1)  # (b, D·S·o)
+                if refine:  # the orientation posterior, defocus and shifts averaged: which cells to refine
+                    per_o = torch.logsumexp(flat.view(b, nd * ns, oc), dim=1).to(torch.float64)
+                    orient_score[:, o0:o1] = torch.logaddexp(orient_score[:, o0:o1],
+                                                             per_o + float(log_prior[m]) - math.log(nd * ns))
                 vmax, arg = flat.max(dim=1)
                 # log-sum-exp in place: exp(ll − max) summed, accumulated in float64
                 lse = flat.sub_(vmax[:, None]).exp_().sum(dim=1).to(torch.float64).log_().add_(vmax.to(torch.float64))
@@ -452,6 +480,19 @@ def score_particles(
             best_o[p0:p1, m] = o_idx
             best_shift[p0:p1, m] = shifts.cpu().numpy()[np.arange(b), s_idx]
             best_def[p0:p1, m] = batch.defocus_u_A.cpu().numpy()[np.arange(b), d_idx]
+            best_rot[p0:p1, m] = rots.cpu().numpy()[o_idx]
+        if refine:
+            for j in range(b):
+                i = p0 + j
+                one = _ParticleBatch(images[i:i + 1], None if ctf is None else ctf[i:i + 1], apix_A, shifts[j:j + 1],
+                                     defocus, relative, config.use_ctf, method)
+                ref = _refine_particle(one, (coords, amps, sig), rots, orient_score[j], ll_out[i], log_prior, config)
+                ll_out[i] = ref["log_likelihood"]
+                better = ref["best_log_likelihood"] > best_ll[i]
+                best_ll[i] = np.where(better, ref["best_log_likelihood"], best_ll[i])
+                best_rot[i][better] = ref["best_rotation"][better]
+                best_def[i] = np.where(better, one.defocus_u_A.cpu().numpy()[0, ref["best_defocus"]], best_def[i])
+                best_shift[i][better] = shifts[j].cpu().numpy()[ref["best_shift"]][better]
         bar.update(b)
     bar.close()
     theta = templates.theta if templates.theta is not None else np.arange(m_total, dtype=np.float64)
@@ -460,7 +501,80 @@ def score_particles(
         best_orientation=best_o, best_shift_A=best_shift, best_defocus_A=best_def,
         best_log_likelihood=best_ll, rotations=rots.cpu().numpy(),
         indices=None if indices is None else np.asarray(indices), seconds=time.perf_counter() - t0,
+        best_rotation=best_rot,
     )
+
+
+def _check_contrast(sc: torch.Tensor, scc: torch.Tensor, n: int, m: int, box: int) -> None:
+    if bool((scc - sc * sc / n <= 0).any()):
+        raise InputError(f"template {m} renders a constant image at some orientations (no contrast in "
+                         f"the {box}-px box): check the box, pixel size and the template's coordinates")
+
+
+def _score_rotations(one: _ParticleBatch, template: tuple, rots: torch.Tensor, config: BaselineConfig) -> dict:
+    """One particle against every template at rotations (R, 3, 3): ln p(x | m, R) (M, R) float64 with
+    the defocus and shift grids averaged, and per template the best (rotation, defocus, shift) and its ln p."""
+    coords, amps, sig = template
+    m_total, r_total = coords.shape[0], rots.shape[0]
+    box, n, nd, ns = one.box, one.n, one.nd, one.ns
+    chunk = max(1, min(r_total, config.max_block_elements // max(1, nd * ns + 4 * box * one.kh)))
+    ll = torch.empty(m_total, r_total, dtype=torch.float64, device=rots.device)
+    best = torch.full((m_total,), -math.inf, dtype=torch.float64, device=rots.device)
+    arg = torch.zeros(m_total, dtype=torch.long, device=rots.device)
+    for m in range(m_total):
+        for o0 in range(0, r_total, chunk):
+            o1 = min(r_total, o0 + chunk)
+            proj = project_gaussians(coords[m], amps, sig, box, one.apix_A, rotations=rots[o0:o1],
+                                     method=config.projector)
+            sc, scc, sxc = one.stats(torch.fft.rfft2(proj), config.max_block_elements)
+            _check_contrast(sc, scc, n, m, box)
+            flat = _block_log_likelihood(one, sc, scc, sxc, n, config.priors).view(nd * ns, o1 - o0)
+            ll[m, o0:o1] = torch.logsumexp(flat, dim=0).to(torch.float64) - math.log(nd * ns)
+            v, a = flat.reshape(-1).max(dim=0)
+            if float(v) > float(best[m]):
+                best[m] = float(v)
+                arg[m] = (a % (o1 - o0)) + o0 + r_total * (a // (o1 - o0))  # flat (d, s, o) over all rotations
+    return {"log_likelihood": ll, "best": best, "rotation": arg % r_total,
+            "shift": (arg // r_total) % ns, "defocus": arg // (r_total * ns)}
+
+
+def _refine_particle(one: _ParticleBatch, template: tuple, rots: torch.Tensor, orient_score: torch.Tensor,
+                     coarse_ll: np.ndarray, log_prior: np.ndarray, config: BaselineConfig) -> dict:
+    """Adaptive refinement of one particle's orientation integral (see :mod:`.refinement`).
+
+    ``orient_score`` (R₀,): the orientation posterior on the grid ``rots``; ``coarse_ll`` (M,): the grid's
+    ln p(x | m) (the mean over the R₀ cells). Returns the refined ln p(x | m) and the best pose found."""
+    r0 = rots.shape[0]
+    k = min(config.refine_cells, r0)
+    dev = rots.device
+    lp = torch.as_tensor(log_prior, dtype=torch.float64, device=dev)
+    cells = rots[torch.topk(orient_score, k).indices]
+    parents = _score_rotations(one, template, cells, config)
+    coarse = torch.as_tensor(coarse_ll, dtype=torch.float64, device=dev) + math.log(r0)  # ln Σ over all cells
+    terms = [log_subtract_exp(coarse, torch.logsumexp(parents["log_likelihood"], dim=1)) - math.log(r0)]
+    best = {"value": parents["best"], "rotation": cells[parents["rotation"]],
+            "shift": parents["shift"], "defocus": parents["defocus"]}
+    spacing, log_weight = grid_spacing_rad(r0), math.log(r0)
+    for level in range(1, config.refine_levels + 1):
+        kids = cell_children(cells, spacing)
+        spacing, log_weight = spacing / 2.0, log_weight + math.log(8.0)
+        scored = _score_rotations(one, template, kids, config)
+        ll = scored["log_likelihood"]  # (M, 8K)
+        better = scored["best"] > best["value"]
+        best = {"value": torch.where(better, scored["best"], best["value"]),
+                "rotation": torch.where(better[:, None, None], kids[scored["rotation"]], best["rotation"]),
+                "shift": torch.where(better, scored["shift"], best["shift"]),
+                "defocus": torch.where(better, scored["defocus"], best["defocus"])}
+        keep = torch.ones(ll.shape[1], dtype=torch.bool, device=dev)
+        if level < config.refine_levels:  # the best children are refined again, so they leave the sum
+            chosen = torch.topk(torch.logsumexp(ll + lp[:, None], dim=0), min(k, ll.shape[1])).indices
+            keep[chosen] = False
+            cells = kids[chosen]
+        terms.append(torch.logsumexp(ll[:, keep], dim=1) - log_weight)
+    refined = torch.logsumexp(torch.stack(terms), dim=0)
+    return {"log_likelihood": refined.cpu().numpy(), "best_log_likelihood": best["value"].cpu().numpy(),
+            "best_rotation": best["rotation"].cpu().numpy().astype(np.float64),
+            "best_shift": best["shift"].cpu().numpy(), "best_defocus": best["defocus"].cpu().numpy()}
 
 
 def run_baseline(
@@ -513,7 +627,7 @@ def run_baseline(
         best_defocus_A=np.concatenate([p.best_defocus_A for p in parts]),
         best_log_likelihood=np.concatenate([p.best_log_likelihood for p in parts]),
         rotations=first.rotations, indices=np.concatenate([p.indices for p in parts]),
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, best_rotation=np.concatenate([p.best_rotation for p in parts]),
     )
 
 
@@ -534,7 +648,7 @@ def write_outputs(result: BaselineResult, outdir, config: BaselineConfig | None 
         log_evidence=result.log_evidence, theta=result.theta, theta_mean=summ["theta_mean"],
         theta_std=summ["theta_std"], theta_map=summ["theta_map"], map_template=mapt, indices=idx,
         best_log_likelihood=result.best_log_likelihood,
-        map_rotation=result.rotations[result.best_orientation[rows, mapt]],
+        map_rotation=result.map_rotation(),
         map_shift_A=result.best_shift_A[rows, mapt], map_defocus_A=result.best_defocus_A[rows, mapt],
     )
     with open(out / "posterior.csv", "w", newline="") as fh:
