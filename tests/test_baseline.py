@@ -280,6 +280,16 @@ def test_cli_end_to_end(tmp_path):
                  "--shift-range", "0", "--defocus-offsets", "0", "--no-progress", "--plot", "0",
                  "--prior", str(tmp_path / "prior.txt")]) == 0
     assert np.allclose(np.load(tmp_path / "p" / "posterior.npz")["posterior"][:, 1], 1.0)
+    # a coarse grid refined per particle: still the right templates, and proper rotations as poses
+    assert main(["baseline", str(ens), str(sim / "particles.star"), "-o", str(tmp_path / "r"), "--orientations", "72",
+                 "--refine-levels", "2", "--refine-cells", "4", "--shift-range", "2", "--shift-step", "1",
+                 "--defocus-offsets", "0", "--no-progress", "--plot", "0"]) == 0
+    ref = np.load(tmp_path / "r" / "posterior.npz")
+    assert np.mean(ref["map_template"] == truth["conformation"]) >= 5 / 6
+    rot = ref["map_rotation"]
+    assert np.allclose(rot @ rot.transpose(0, 2, 1), np.eye(3), atol=1e-5)
+    assert np.allclose(np.linalg.det(rot), 1.0, atol=1e-5)
+    assert main(["baseline", str(ens), str(sim / "particles.star"), "-o", str(out), "--refine-levels", "-1"]) == 2
     # bad input: a clear error, exit code 2
     assert main(["baseline", str(ens), str(tmp_path / "missing.star"), "-o", str(out)]) == 2
     (tmp_path / "bad.txt").write_text("1 2 3")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles, so3_grid
+from cryoconf.baseline import BaselineConfig, TemplateSet, score_particles
 from cryoconf.baseline.refinement import cell_children, grid_spacing_rad, log_subtract_exp
 from cryoconf.errors import InputError
 from cryoconf.imaging.ctf import CTFParams

@@ -36,11 +36,14 @@ See docs/baseline.md.
 Orientations: a near-uniform deterministic SO(3) grid; sizes 72·8^k (576,
 4608, 36864 = BioEM in the cryoSBI comparison) use the Hopf-fibration/HEALPix
 grid, other sizes a super-Fibonacci spiral. Cost grows linearly with
-particles × templates × orientations × defoci × shifts.
+particles × templates × orientations × defoci × shifts. --refine-levels L
+then refines each particle's --refine-cells best orientation cells L times
+(8 children of half the spacing each time): an adaptive quadrature that
+reaches a fine spacing where the likelihood is, rendered per particle.
 
 Writes OUTDIR/posterior.npz (log_likelihood (P, M), posterior, log_evidence,
-theta, theta_mean/std/map, map_template and the best grid pose of the MAP
-template), posterior.csv (one row per particle), posteriors.png and config.json.
+theta, theta_mean/std/map, map_template and the best pose of the MAP
+template, refined ones included), posterior.csv (one row per particle), posteriors.png and config.json.
 """
 
 
@@ -77,6 +80,12 @@ def register(subparsers) -> None:
                    help="size of the SO(3) grid; 36864 as BioEM in the cryoSBI comparison")
     g.add_argument("--so3-grid", choices=["auto", "hopf", "fibonacci"], default="auto",
                    help="SO(3) grid design: auto = hopf for 72·8^k orientations, else fibonacci")
+    g.add_argument("--refine-levels", type=int, default=0, metavar="L",
+                   help="adaptive orientation refinement after the grid: L times, each particle's best cells are "
+                        "replaced by 8 children of half the spacing (0: the grid alone; at high resolution the "
+                        "grid is often too coarse for the likelihood, see docs/baseline.md)")
+    g.add_argument("--refine-cells", type=int, default=16, metavar="K",
+                   help="cells refined per particle and level (costs (1 + 8·L)·K extra orientations per particle)")
     g.add_argument("--shift-range", type=float, default=4.0, metavar="Å",
                    help="shifts in [−R, R]² Å around the centre (0: no shift search)")
     g.add_argument("--shift-step", type=float, default=2.0, metavar="Å", help="shift grid step (Å); sub-pixel allowed")
@@ -154,6 +163,7 @@ def run(args) -> int:
         defocus_values_A=None if args.defocus_values is None else tuple(args.defocus_values),
         use_ctf=not args.no_ctf, priors=LikelihoodPriors(contrast=args.contrast), projector=args.projector,
         shift_method=args.shift_method, particle_batch=args.batch_size,
+        refine_levels=args.refine_levels, refine_cells=args.refine_cells,
     ).validate()
     conf = read_conformations(args.templates, args.trajectory, frames=args.frames, mode=args.mode)
     dtype = torch.float64 if args.double else torch.float32
