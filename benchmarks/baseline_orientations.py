@@ -47,7 +47,7 @@ from cryoconf.baseline import (
     theta_moments,
 )
 from cryoconf.sbi.config import load_config
-from cryoconf.sbi.evaluation import EVALUATION_SEED, simulate_held_out
+from cryoconf.sbi.evaluation import BASELINE_COMPARISON_SEED, simulate_held_out
 from cryoconf.sbi.simulator import SBISimulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def main() -> None:
         settings.append((r0, levels, cells))
 
     sim = SBISimulator.from_config(load_config(args.config))
-    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=EVALUATION_SEED + 1)
+    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=BASELINE_COMPARISON_SEED)
     params = {k: v[:args.n] for k, v in params.items()}
     images, truth = images[:args.n], params["theta"].numpy()
     ctf = sim.ctf_params(params)

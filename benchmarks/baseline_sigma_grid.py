@@ -38,7 +38,7 @@ from cryoconf.baseline import (
     theta_moments,
 )
 from cryoconf.sbi.config import load_config
-from cryoconf.sbi.evaluation import EVALUATION_SEED, simulate_held_out
+from cryoconf.sbi.evaluation import BASELINE_COMPARISON_SEED, simulate_held_out
 from cryoconf.sbi.simulator import SBISimulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def main() -> None:
             ap.error(f"sub-grid {g} has σ values outside --sigmas: {missing}")
 
     sim = SBISimulator.from_config(load_config(args.config))
-    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=EVALUATION_SEED + 1)
+    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=BASELINE_COMPARISON_SEED)
     images, truth = images[:args.n], params["theta"][:args.n].numpy()
     ctf = sim.ctf_params(params)[:args.n]
     theta = np.asarray(sim.template_prior.theta, dtype=np.float64)

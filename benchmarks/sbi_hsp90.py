@@ -73,7 +73,7 @@ from cryoconf.baseline import (
 from cryoconf.rundir import list_checkpoints
 from cryoconf.sbi.config import load_config
 from cryoconf.sbi.evaluation import (
-    EVALUATION_SEED,
+    BASELINE_COMPARISON_SEED,
     evaluate_posterior,
     simulate_held_out,
     to_model_grid,
@@ -309,7 +309,7 @@ def main() -> None:
     if args.baseline_particles > 0:
         source = paper if paper is not None else simulator
         params, images = simulate_held_out(source, args.baseline_particles, snr=args.baseline_snr,
-                                           seed=EVALUATION_SEED + 1)
+                                           seed=BASELINE_COMPARISON_SEED)
         truth = params["theta"].cpu().numpy()
         theta = np.asarray(simulator.template_prior.theta, dtype=np.float64)  # (M,) in template order
         prepare = lambda x: to_model_grid(model, source, x)

@@ -403,7 +403,7 @@ def score_particles(
     method = _choose_method(config.shift_method, grid, apix_A, box)
     if shift_centres_A is not None and method == "fft" and config.shift_method == "auto":
         method = "dft"  # metadata centres are rarely whole pixels
-    nd, ns, n = len(defocus), grid.shape[0], box * box
+    nd, ns = len(defocus), grid.shape[0]
     log_grid = math.log(r_total * nd * ns)
     if log_prior is None:
         log_prior = np.full(m_total, -math.log(m_total))
@@ -450,16 +450,11 @@ def score_particles(
                 o1 = min(r_total, o0 + o_chunk)
                 spec = cache.get((m, o0, o1)) if use_cache else None
                 if spec is None:
-                    with torch.no_grad():
-                        proj = project_gaussians(coords[m], amps, sig, box, apix_A, rotations=rots[o0:o1],
-                                                 method=config.projector)
-                        spec = torch.fft.rfft2(proj)
+                    spec = _template_spectra(coords[m], amps, sig, rots[o0:o1], batch, config)
                     if use_cache:
                         cache[(m, o0, o1)] = spec
-                sc, scc, sxc = batch.stats(spec, config.max_block_elements)
-                _check_contrast(sc, scc, n, m, box)
                 oc = o1 - o0
-                flat = _block_log_likelihood(batch, sc, scc, sxc, n, config.priors).view(b, -1)  # (b, D·S·o)
+                flat = _spectra_log_likelihood(batch, spec, m, config).view(b, -1)  # (b, D·S·o)
                 if refine:  # the orientation posterior, defocus and shifts averaged: which cells to refine
                     per_o = torch.logsumexp(flat.view(b, nd * ns, oc), dim=1).to(torch.float64)
                     orient_score[:, o0:o1] = torch.logaddexp(orient_score[:, o0:o1],
@@ -505,10 +500,19 @@ def score_particles(
     )
 
 
-def _check_contrast(sc: torch.Tensor, scc: torch.Tensor, n: int, m: int, box: int) -> None:
-    if bool((scc - sc * sc / n <= 0).any()):
+def _template_spectra(coords_A, amps, sig, rots: torch.Tensor, batch: _ParticleBatch, config: BaselineConfig):
+    """rfft2 of one template's projections (o, box, kh) at rotations (o, 3, 3), on ``batch``'s grid."""
+    proj = project_gaussians(coords_A, amps, sig, batch.box, batch.apix_A, rotations=rots, method=config.projector)
+    return torch.fft.rfft2(proj)
+
+
+def _spectra_log_likelihood(batch: _ParticleBatch, spec: torch.Tensor, m: int, config: BaselineConfig):
+    """ln p(x | c) (b, D, S, o) of ``batch`` against template ``m``'s spectra ``spec`` (o, box, kh)."""
+    sc, scc, sxc = batch.stats(spec, config.max_block_elements)
+    if bool((scc - sc * sc / batch.n <= 0).any()):
         raise InputError(f"template {m} renders a constant image at some orientations (no contrast in "
-                         f"the {box}-px box): check the box, pixel size and the template's coordinates")
+                         f"the {batch.box}-px box): check the box, pixel size and the template's coordinates")
+    return _block_log_likelihood(batch, sc, scc, sxc, batch.n, config.priors)
 
 
 def _score_rotations(one: _ParticleBatch, template: tuple, rots: torch.Tensor, config: BaselineConfig) -> dict:
@@ -516,19 +520,16 @@ def _score_rotations(one: _ParticleBatch, template: tuple, rots: torch.Tensor, c
     the defocus and shift grids averaged, and per template the best (rotation, defocus, shift) and its ln p."""
     coords, amps, sig = template
     m_total, r_total = coords.shape[0], rots.shape[0]
-    box, n, nd, ns = one.box, one.n, one.nd, one.ns
-    chunk = max(1, min(r_total, config.max_block_elements // max(1, nd * ns + 4 * box * one.kh)))
+    nd, ns = one.nd, one.ns
+    chunk = max(1, min(r_total, config.max_block_elements // max(1, nd * ns + 4 * one.box * one.kh)))
     ll = torch.empty(m_total, r_total, dtype=torch.float64, device=rots.device)
     best = torch.full((m_total,), -math.inf, dtype=torch.float64, device=rots.device)
     arg = torch.zeros(m_total, dtype=torch.long, device=rots.device)
     for m in range(m_total):
         for o0 in range(0, r_total, chunk):
             o1 = min(r_total, o0 + chunk)
-            proj = project_gaussians(coords[m], amps, sig, box, one.apix_A, rotations=rots[o0:o1],
-                                     method=config.projector)
-            sc, scc, sxc = one.stats(torch.fft.rfft2(proj), config.max_block_elements)
-            _check_contrast(sc, scc, n, m, box)
-            flat = _block_log_likelihood(one, sc, scc, sxc, n, config.priors).view(nd * ns, o1 - o0)
+            spec = _template_spectra(coords[m], amps, sig, rots[o0:o1], one, config)
+            flat = _spectra_log_likelihood(one, spec, m, config).view(nd * ns, o1 - o0)
             ll[m, o0:o1] = torch.logsumexp(flat, dim=0).to(torch.float64) - math.log(nd * ns)
             v, a = flat.reshape(-1).max(dim=0)
             if float(v) > float(best[m]):

@@ -27,6 +27,8 @@ from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
 
 EVALUATION_SEED = 987_654_321
+# the particles that benchmarks/sbi_hsp90.py compares with the explicit-likelihood baseline
+BASELINE_COMPARISON_SEED = EVALUATION_SEED + 1
 
 
 def simulate_held_out(simulator: SBISimulator, n: int, *, snr: float | None = None, seed: int = EVALUATION_SEED,
