@@ -1,5 +1,5 @@
-"""The D4-pooled posterior: the image transforms and their physics, the tabulated density, the
-temperature fit, and the invariance of the pool."""
+"""The symmetry-pooled posterior (D4 and its subgroups C4, C2): the image transforms and their
+physics, the tabulated density, the temperature fit, and the invariance of the pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from scipy import stats
 from cryoconf.errors import InputError
 from cryoconf.imaging.projection import project_gaussians
 from cryoconf.sbi import SBIModel
-from cryoconf.sbi.symmetry import GridPosterior, dihedral_images, fit_temperature
+from cryoconf.sbi.symmetry import (
+    GROUPS,
+    GridPosterior,
+    dihedral_images,
+    fit_temperature,
+    group_images,
+    load_symmetry,
+    symmetry_file,
+)
 
 
 @pytest.mark.parametrize("n", [8, 9])
@@ -31,6 +39,24 @@ def test_dihedral_images_are_eight_centre_preserving_pixel_permutations(n):
     assert {tuple(v.tolist()) for v in again} == {tuple(v.tolist()) for v in flat}
     with pytest.raises(InputError, match="square"):
         dihedral_images(torch.zeros(1, 4, 6))
+
+
+@pytest.mark.parametrize("group", ["C2", "C4", "D4"])
+def test_group_images_are_the_groups_elements_of_d4(group):
+    x = torch.randn(3, 9, 9, generator=torch.Generator().manual_seed(1))
+    g = group_images(x, group)
+    assert torch.equal(g, dihedral_images(x)[list(GROUPS[group])])
+    assert torch.equal(g[0], x)
+    # closed under composition: transforming an element by the group stays in the set
+    elements = {tuple(v.tolist()) for v in g[:, 0].flatten(1)}
+    for k in range(g.shape[0]):
+        assert {tuple(v.tolist()) for v in group_images(g[k], group)[:, 0].flatten(1)} == elements
+    if group == "C2":  # the rotation by 180° about the centre pixel: (r, c) → (−r, −c) about N//2
+        idx = (torch.arange(9) - 4)
+        rows = (4 - idx) % 9
+        assert torch.equal(g[1], x[:, rows][:, :, rows])
+    with pytest.raises(InputError, match="C2, C4, D4"):
+        group_images(x, "D2")
 
 
 def test_each_transform_is_a_projection_of_the_same_structure_at_another_pose():
@@ -157,6 +183,54 @@ def test_pool_of_a_symmetric_image_is_the_flow_at_temperature_one():
     np.testing.assert_allclose(pooled.template_probs, plain.template_probs, atol=3e-3)
 
 
+@pytest.mark.parametrize("group", ["C2", "C4"])
+def test_subgroup_pool_is_invariant_under_its_group_only(group):
+    model = _toy_model(2)
+    x = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(6))
+    model.use_symmetry(1.2, group)
+    views = group_images(x, group)
+    pooled = [model.summarize(v) for v in views]
+    for s in pooled[1:]:
+        np.testing.assert_allclose(s.mean, pooled[0].mean, atol=1e-5)
+        np.testing.assert_allclose(s.template_probs, pooled[0].template_probs, atol=1e-5)
+    mirrored = model.summarize(x.transpose(-1, -2))   # a mirror is not in C2 or C4: a different pool
+    assert np.abs(mirrored.mean - pooled[0].mean).max() > 1e-4
+    assert str(pooled[0].method).startswith(f"{group}-pooled")
+    d4 = model.use_symmetry(1.2).summarize(x)
+    assert np.abs(d4.mean - pooled[0].mean).max() > 1e-4   # fewer views, another pool
+
+
+def test_c2_pool_of_a_c2_symmetric_image_is_the_flow():
+    """An image equal to its rotation by 180° (but not to its mirrors): the C2 pool at τ = 1 is the flow."""
+    model = _toy_model(1)
+    x = torch.randn(1, 24, 24, generator=torch.Generator().manual_seed(8))
+    x = (x + group_images(x, "C2")[1]) / 2
+    assert torch.equal(group_images(x, "C2")[1], x) and not torch.equal(x.transpose(-1, -2), x)
+    plain = model.summarize(x)
+    pooled = model.use_symmetry(1.0, "C2").summarize(x)
+    np.testing.assert_allclose(pooled.mean, plain.mean, atol=2e-3)
+    np.testing.assert_allclose(pooled.std, plain.std, atol=2e-3)
+    np.testing.assert_allclose(pooled.template_probs, plain.template_probs, atol=3e-3)
+
+
+def test_load_symmetry_checks_file_checkpoint_and_group(tmp_path):
+    import json
+
+    assert symmetry_file("D4") == "symmetry.json" and symmetry_file("C2") == "symmetry_C2.json"
+    ckpt = tmp_path / "checkpoint.7.pt"
+    with pytest.raises(InputError, match="--group C2"):
+        load_symmetry(tmp_path, ckpt, "C2")
+    (tmp_path / "symmetry.json").write_text(json.dumps({"checkpoint": ckpt.name, "temperature": 1.25,
+                                                        "group": "D4 (rotations by 90° and mirrors)"}))
+    assert load_symmetry(tmp_path, ckpt) == 1.25                         # a record written before subgroups
+    (tmp_path / "symmetry_C4.json").write_text(json.dumps({"checkpoint": ckpt.name, "temperature": 1.1,
+                                                           "group": "C2"}))
+    with pytest.raises(InputError, match="group C2, not C4"):
+        load_symmetry(tmp_path, ckpt, "C4")
+    with pytest.raises(InputError, match="fitted for checkpoint.7.pt"):
+        load_symmetry(tmp_path, tmp_path / "checkpoint.9.pt")
+
+
 def test_symmetry_needs_one_parameter_and_a_positive_temperature():
     model = SBIModel(16, 2.0, ["theta", "snr"], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0],
                      {"name": "cnn", "params": {"channels": [4], "hidden": 8, "out_features": 4}},
@@ -165,3 +239,11 @@ def test_symmetry_needs_one_parameter_and_a_positive_temperature():
         model.use_symmetry(1.0)
     with pytest.raises(InputError, match="positive"):
         _toy_model().use_symmetry(0.0)
+    with pytest.raises(InputError, match="unknown symmetry group"):
+        _toy_model().use_symmetry(1.0, "C3")
+
+
+def test_cli_groups_are_the_library_groups():
+    from cryoconf.cli.sbi import SYMMETRY_GROUPS
+
+    assert set(SYMMETRY_GROUPS) == set(GROUPS)

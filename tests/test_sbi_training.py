@@ -776,6 +776,18 @@ def test_cli_symmetrize_then_symmetrized_infer_and_calibrate(trained, toy_ensemb
     assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "y"), "--symmetrize",
                  "--load", str(run / "checkpoint.75.pt"), "--no-progress"]) == 2
     assert "fitted for checkpoint.150.pt" in capsys.readouterr().err
+    # a subgroup: its own fit and file
+    assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "c2"), "--symmetrize",
+                 "C2", "--no-progress"]) == 2
+    assert "--group C2" in capsys.readouterr().err
+    assert main(["sbi", "symmetrize", str(run), "--group", "C2", "-n", "64", "--no-progress"]) == 0
+    record = json.loads((run / "symmetry_C2.json").read_text())
+    assert record["group"] == "C2" and 0.25 <= record["temperature"] <= 4.0
+    assert main(["sbi", "infer", str(run), str(parts / "particles.star"), "-o", str(tmp_path / "c2"),
+                 "--symmetrize", "C2", "--no-whiten", "--no-progress"]) == 0
+    summary = np.load(tmp_path / "c2" / "posterior.npz")
+    assert str(summary["summary_method"]).startswith("C2-pooled")
+    assert (summary["cryoconfTemplateIndex"] == truth).mean() >= 0.8
 
 
 # -- distillation from a teacher --------------------------------------------------------------

@@ -105,10 +105,16 @@ the only choice when nuisance parameters are inferred too).
 """
 
 
+SYMMETRY_GROUPS = ("D4", "C4", "C2")  # cryoconf.sbi.symmetry.GROUPS (not imported here: it needs torch)
+
+
 def _add_symmetrize_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symmetrize", action="store_true",
-                   help="pool the posterior over the 8 rotations and mirrors of each image, at the temperature "
-                   "that `cryoconf sbi symmetrize RUN` fitted (θ alone; more accurate, ~10× the time)")
+    p.add_argument("--symmetrize", nargs="?", const="D4", default=None, choices=SYMMETRY_GROUPS,
+                   metavar="GROUP",
+                   help="pool the posterior over the 8 rotations and mirrors of each image (D4, the default "
+                   "GROUP), its 4 rotations (C4) or the rotation by 180° (C2), at the temperature that "
+                   "`cryoconf sbi symmetrize RUN [--group GROUP]` fitted (θ alone; more accurate, one "
+                   "embedding per view: D4 ~10× the time of the flow, C2 ~2×)")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -325,7 +331,8 @@ def run_mmd(args) -> int:
 
 SYMMETRIZE_DESCRIPTION = """\
 Fit the temperature of the symmetry-pooled posterior of a trained run and write it to
-RUN/symmetry.json (then `sbi infer|calibrate|scan --symmetrize` use it).
+RUN/symmetry.json (--group D4) or RUN/symmetry_<GROUP>.json (then `sbi infer|calibrate|scan
+--symmetrize [GROUP]` use it).
 
 Under the cryoSBI priors (pose uniform on SO(3), white noise, symmetric shift and
 astigmatism priors) the true posterior of an image equals that of its 8 rotations by
@@ -333,16 +340,20 @@ astigmatism priors) the true posterior of an image equals that of its 8 rotation
 geometric mean of the flow's 8 posteriors raised to a temperature τ: the flow's
 errors differ between the 8 views and average out, and τ, fitted here by maximum
 likelihood of the true θ on particles simulated from the run's priors (a seed of
-their own), narrows the pool to match. One-parameter (θ) models only.
+their own), narrows the pool to match. A subgroup pools fewer views for less time:
+C4 (the 4 rotations) or C2 (the identity and the rotation by 180°), each with its own
+τ. One-parameter (θ) models only.
 """
 
 
 def _register_symmetrize(sub) -> None:
-    p = sub.add_parser("symmetrize", help="fit the temperature of the D4-pooled posterior (RUN/symmetry.json)",
+    p = sub.add_parser("symmetrize", help="fit the temperature of the symmetry-pooled posterior (RUN/symmetry.json)",
                        description=SYMMETRIZE_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run directory of `cryoconf sbi train`")
     p.add_argument("--load", default="latest", metavar="latest|PATH", help="checkpoint to fit for")
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--group", choices=SYMMETRY_GROUPS, default="D4",
+                   help="the views pooled: 8 rotations and mirrors, 4 rotations, or the identity and the 180° rotation")
     p.add_argument("-n", "--n-particles", type=int, default=4000, help="simulated particles of the fit")
     p.add_argument("--seed", type=int, default=None, help="their seed (default: cryoconf's own for this fit)")
     p.add_argument("--batch-size", type=int, default=256, help="particles per batch")
@@ -358,17 +369,17 @@ def run_symmetrize(args) -> int:
     from cryoconf.sbi.config import load_config
     from cryoconf.sbi.inference import load_run
     from cryoconf.sbi.simulator import SBISimulator
-    from cryoconf.sbi.symmetry import SYMMETRY_FILE, SYMMETRY_SEED, fit_symmetry
+    from cryoconf.sbi.symmetry import SYMMETRY_SEED, fit_symmetry, symmetry_file
 
     model, ckpt = load_run(args.run, args.load, args.device)
     simulator = SBISimulator.from_config(load_config(Path(args.run) / "config.yaml"), device=args.device)
     record = {"checkpoint": ckpt.name,
-              **fit_symmetry(model, simulator, args.n_particles, batch_size=args.batch_size,
+              **fit_symmetry(model, simulator, args.n_particles, group=args.group, batch_size=args.batch_size,
                              seed=SYMMETRY_SEED if args.seed is None else args.seed, progress=not args.no_progress)}
-    path = Path(args.run) / SYMMETRY_FILE
+    path = Path(args.run) / symmetry_file(args.group)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("checkpoint", "temperature", "nll_plain_flow",
+    print(json.dumps({k: record[k] for k in ("checkpoint", "group", "temperature", "nll_plain_flow",
                                              "nll_pooled_temperature_1", "nll_pooled")}, indent=2))
     print(f"written to {path}")
     return 0

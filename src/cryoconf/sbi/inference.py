@@ -38,18 +38,22 @@ from cryoconf.sbi.summaries import PosteriorSummary, save_summaries, summary_col
 log = logging.getLogger("cryoconf.sbi")
 
 
-def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool = False):
+def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool | str | None = None):
     """(model, checkpoint path) of a trained run, ready to evaluate: on ``device``, in eval mode,
     its embedding frozen for inference. ``load``: ``latest`` or a checkpoint path.
-    ``symmetrize``: pool the posterior over the image's eight rotations and mirrors at the
-    temperature ``cryoconf sbi symmetrize`` fitted for that checkpoint (``RUN/symmetry.json``)."""
+    ``symmetrize``: a group (``D4``, ``C4``, ``C2``; ``True`` for D4) to pool the posterior over
+    the image's rotations (and mirrors) at the temperature ``cryoconf sbi symmetrize`` fitted for
+    that checkpoint (``RUN/symmetry.json``, or ``RUN/symmetry_<group>.json``)."""
     from cryoconf.rundir import resolve_checkpoint
     from cryoconf.sbi.symmetry import load_symmetry
 
     device = parse_device(device)
     ckpt = resolve_checkpoint(load, run)
     model = SBIModel.load(ckpt).to(device).freeze_for_inference()  # weights read on the CPU, moved once
-    return (model.use_symmetry(load_symmetry(run, ckpt)) if symmetrize else model), ckpt
+    if not symmetrize:
+        return model, ckpt
+    group = "D4" if symmetrize is True else str(symmetrize)
+    return model.use_symmetry(load_symmetry(run, ckpt, group), group), ckpt
 
 
 @dataclass

@@ -6,7 +6,7 @@ parameter ``summarize``: summaries from the flow without sampling). Checkpoints 
 model's specification (enough to rebuild it without the template files), its weights,
 and optionally the full training config, optimiser state, step and RNG states.
 :meth:`SBIModel.use_symmetry` switches the three operations to the posterior pooled over
-the image's eight rotations and mirrors (:mod:`cryoconf.sbi.symmetry`).
+the image's eight rotations and mirrors, or a subgroup's (:mod:`cryoconf.sbi.symmetry`).
 """
 
 from __future__ import annotations
@@ -176,17 +176,18 @@ class SBIModel(nn.Module):
             self.__dict__["_pooled"] = None
         return super().train(mode)
 
-    def use_symmetry(self, temperature: float | None) -> "SBIModel":
-        """Answer with the D4-pooled posterior (:mod:`cryoconf.sbi.symmetry`) at ``temperature``
-        from now on (``None``: the plain flow again); one-parameter models. Returns ``self``.
+    def use_symmetry(self, temperature: float | None, group: str = "D4") -> "SBIModel":
+        """Answer with the posterior pooled over ``group`` (:mod:`cryoconf.sbi.symmetry`: D4, C4
+        or C2) at ``temperature`` from now on (``None``: the plain flow again); one-parameter
+        models. Returns ``self``.
 
         :meth:`log_prob`, :meth:`sample` and :meth:`summarize` then pool the flow over the
-        eight dihedral transforms of each image (eight embeddings per image, no gradients);
+        group's transforms of each image (one embedding per transform, no gradients);
         training mode drops it.
         """
         from cryoconf.sbi.symmetry import PooledPosterior
 
-        self.__dict__["_pooled"] = None if temperature is None else PooledPosterior(self, temperature)
+        self.__dict__["_pooled"] = None if temperature is None else PooledPosterior(self, temperature, group)
         return self
 
     @property

@@ -30,7 +30,13 @@ import zuko
 from torch import nn
 
 from cryoconf.errors import InputError
-from cryoconf.sbi.spline_sampling import fast_flow_sample, row_splines, rqs_compose_forward, rqs_compose_inverse
+from cryoconf.sbi.spline_sampling import (
+    fast_flow_sample,
+    row_splines,
+    rqs_compose_forward,
+    rqs_compose_forward_log_det,
+    rqs_compose_inverse,
+)
 
 __all__ = ["BoundedFlow"]
 
@@ -131,6 +137,25 @@ class BoundedFlow(nn.Module):
         t = theta.double()
         f = torch.where(t <= self.low.double(), torch.zeros_like(f), f)
         return torch.where(t >= self.high.double(), torch.ones_like(f), f)
+
+    def log_density_z(self, z: torch.Tensor, context: torch.Tensor, *, dist=None) -> torch.Tensor:
+        """The flow's own log density in the unbounded z at per-particle points, for D = 1:
+        z (B, n) with context (B, C) → (B, n) (no gradients; for tabulated posteriors).
+
+        The splines run per particle row (``spline_sampling.rqs_compose_forward_log_det``):
+        the n points of a particle are compared with its own knots only, about 10× cheaper than
+        zuko's broadcast ``log_prob`` over (n, B, 1) for ~100 points. ``dist`` as in :meth:`cdf`.
+        """
+        self._one_parameter("log_density_z")
+        dist = self.flow(context) if dist is None else dist
+        knots = row_splines(dist, context.shape[0]) if context.dim() == 2 else None
+        with torch.no_grad():
+            if knots is None:
+                return dist.log_prob(z.T[..., None].to(context.dtype)).T
+            y, ladj = rqs_compose_forward_log_det(z.to(knots[0][0].dtype).contiguous(), knots)
+            loc, scale = self._base_loc_scale(dist, context)
+            u = (y - loc[:, None].to(y)) / scale[:, None].to(y)
+            return ladj - 0.5 * u * u - torch.log(scale[:, None].to(y)) - 0.5 * math.log(2 * math.pi)
 
     def quantile(self, levels, context: torch.Tensor, *, dist=None) -> torch.Tensor:
         """Posterior quantiles Q(p | context) for D = 1: ``levels`` (L,) in (0, 1) → (L, B), inside [a, b].

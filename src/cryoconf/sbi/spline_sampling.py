@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fast_flow_sample", "row_splines", "rqs_compose_forward", "rqs_compose_inverse", "rqs_forward",
-           "rqs_inverse"]
+__all__ = ["fast_flow_sample", "row_splines", "rqs_compose_forward", "rqs_compose_forward_log_det",
+           "rqs_compose_inverse", "rqs_forward", "rqs_forward_log_det", "rqs_inverse"]
 
 
 _COMPARE_MAX_KNOTS = 32  # up to this many knots, count them by comparisons; beyond, binary search
@@ -151,6 +151,43 @@ def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tenso
     zz = z * (1 - z)
     y = y0 + height * (s * z**2 + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
     return torch.where(inside, y, x)
+
+
+def rqs_forward_log_det(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor,
+                        derivatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rqs_forward` and log |dy/dx|, per row: x (B, n), knots (B, K + 1) → (y, log |dy/dx|) (B, n) each.
+
+    In bin k (Durkan et al. 2019, eq. 5), with ξ, s, δ as above,
+    dy/dx = s² [d_{k+1} ξ² + 2 s ξ(1 − ξ) + d_k (1 − ξ)²] / [s + δ ξ(1 − ξ)]²;
+    outside the spline the identity (log |dy/dx| = 0).
+    """
+    knots = horizontal.shape[-1]
+    if knots > MAX_KNOTS:
+        raise ValueError(f"at most {MAX_KNOTS} knots, got {knots}")
+    bins = knots - 1
+    k = _bin_counts(x, horizontal.contiguous()) - 1
+    inside = k < bins
+    k = k.clamp_(max=bins - 1).long()
+    x0, x1 = horizontal[..., :-1], horizontal[..., 1:]
+    y0, y1 = vertical[..., :-1], vertical[..., 1:]
+    d0, d1 = derivatives[..., :-1], derivatives[..., 1:]
+    tables = torch.stack((x0, x1 - x0, y0, y1 - y0, (y1 - y0) / (x1 - x0), d0, d1))
+    x0, width, y0, height, s, d0, d1 = tables.gather(-1, k.expand(7, -1, -1)).unbind(0)
+    z = (x - x0) / width
+    zz = z * (1 - z)
+    denominator = s + (d0 + d1 - 2 * s) * zz
+    y = y0 + height * (s * z**2 + d0 * zz) / denominator
+    slope = s**2 * (d1 * z**2 + 2 * s * zz + d0 * (1 - z) ** 2) / denominator**2
+    return torch.where(inside, y, x), torch.where(inside, slope.log(), torch.zeros_like(x))
+
+
+def rqs_compose_forward_log_det(x: torch.Tensor, knots) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rqs_compose_forward` and the log |dy/dx| of the whole composition: (B, n) each."""
+    total = torch.zeros_like(x)
+    for h, v, d in knots:
+        x, ladj = rqs_forward_log_det(x, h, v, d)
+        total = total + ladj
+    return x, total
 
 
 def rqs_compose_forward(x: torch.Tensor, knots) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The posterior pooled over the image symmetries of the prior (D4: four rotations × mirror).
+"""The posterior pooled over the image symmetries of the prior (D4: four rotations × mirror, or a subgroup).
 
 Under the cryoSBI priors the true posterior p(θ | I) is the same for an image and for
 its eight dihedral transforms g·I about the image centre (pixel N//2, the projection
@@ -27,7 +27,13 @@ against a prior bound) on nodes where any of the eight posteriors has its mass (
 quantiles), an even grid over their range and the template cell edges, with the log
 density linear between nodes (:class:`GridPosterior`, :class:`PooledGrid`): exact
 quantiles, cell masses and samples of that density, mean and std of θ by Simpson's
-rule. The cost is eight embeddings and ~300 flow evaluations per view and particle.
+rule. The cost is eight embeddings and ~280 spline evaluations per view and particle
+(200 quantile nodes shared among the views, 64 even nodes, the cell edges).
+
+A subgroup pools fewer views for less time: C2 (the identity and the rotation by 180°)
+or C4 (the four rotations). The pool over a subgroup H is invariant under H only, and
+averages fewer errors; each group has its own fitted τ (``RUN/symmetry.json`` for D4,
+``RUN/symmetry_C2.json`` and ``RUN/symmetry_C4.json``).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from cryoconf.errors import InputError
 from cryoconf.sbi.summaries import QUANTILES, PosteriorSummary, template_cell_edges, template_probabilities_from_cdf
 
 __all__ = [
-    "GROUP_SIZE",
+    "DEFAULT_GROUP",
+    "GROUPS",
     "SYMMETRY_FILE",
     "GridPosterior",
     "PooledGrid",
@@ -51,13 +58,20 @@ __all__ = [
     "dihedral_images",
     "fit_symmetry",
     "fit_temperature",
+    "group_images",
     "load_symmetry",
+    "symmetry_file",
 ]
 
-GROUP_SIZE = 8                # D4
-SYMMETRY_FILE = "symmetry.json"
+# the pooling groups: their elements as indices into dihedral_images (2k: rotation by k·90°; 2k + 1: then a mirror)
+GROUPS = {"C2": (0, 4), "C4": (0, 2, 4, 6), "D4": tuple(range(8))}
+GROUP_DESCRIPTIONS = {"C2": "C2 (the rotation by 180° about pixel box//2)",
+                      "C4": "C4 (rotations by 90° about pixel box//2)",
+                      "D4": "D4 (rotations by 90° and mirrors about pixel box//2)"}
+DEFAULT_GROUP = "D4"
+SYMMETRY_FILE = "symmetry.json"  # D4's; symmetry_<group>.json for the others
 SYMMETRY_SEED = 135_792_468   # particles of the temperature fit: neither training, validation nor evaluation
-BASE_POINTS = 25              # quantile nodes per transform: base points y ∈ [−6, 6]
+QUANTILE_NODES = 200          # quantile nodes over all views (25 per view for D4, 100 for C2): base points y ∈ [−6, 6]
 BASE_RANGE = 6.0
 EVEN_NODES = 64               # nodes evenly spaced over the eight posteriors' range in z (at least ±6)
 Z_LIMIT = 12.0                # nodes in z stay within ±12 (θ within 10⁻³³ of a bound in units of the range)
@@ -69,19 +83,36 @@ def _mirror_x(images: torch.Tensor) -> torch.Tensor:
     return images.flip(-1).roll(1 - n % 2, -1)
 
 
+def check_group(group: str) -> str:
+    """``group`` if it is one of :data:`GROUPS`, else an error naming them."""
+    if group not in GROUPS:
+        raise InputError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+    return group
+
+
+def group_images(images: torch.Tensor, group: str = DEFAULT_GROUP) -> torch.Tensor:
+    """The transforms of ``group`` (:data:`GROUPS`) about pixel (N//2, N//2) of images (B, N, N):
+    (|G|, B, N, N), the identity first, in the order of :func:`dihedral_images`."""
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+        raise InputError(f"dihedral transforms need square images (B, N, N), got {tuple(images.shape)}")
+    wanted = GROUPS[check_group(group)]
+    out, y = [], images
+    for k in range(max(wanted) // 2 + 1):
+        if 2 * k in wanted:
+            out.append(y)
+        if 2 * k + 1 in wanted:
+            out.append(y.transpose(-1, -2))
+        y = _mirror_x(y).transpose(-1, -2)  # rotation by 90° about the centre pixel
+    return torch.stack(out)
+
+
 def dihedral_images(images: torch.Tensor) -> torch.Tensor:
     """The eight D4 transforms about pixel (N//2, N//2) of images (B, N, N): (8, B, N, N).
 
     Element 0 is the identity; 2k is the rotation by k·90°, 2k + 1 that rotation
     followed by the transpose (a mirror). Every pixel moves to a pixel: no interpolation.
     """
-    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
-        raise InputError(f"dihedral transforms need square images (B, N, N), got {tuple(images.shape)}")
-    out, y = [], images
-    for _ in range(4):
-        out += [y, y.transpose(-1, -2)]
-        y = _mirror_x(y).transpose(-1, -2)  # rotation by 90° about the centre pixel
-    return torch.stack(out)
+    return group_images(images, "D4")
 
 
 def _exp_integrals(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,7 +239,8 @@ class GridPosterior:
         u = torch.rand(n, self.n_particles, dtype=torch.float64, generator=generator)
         return self.quantile(u.to(self.nodes.device))
 
-    def summarize(self, templates=None, edges=None, *, to_value=None, from_value=None) -> PosteriorSummary:
+    def summarize(self, templates=None, edges=None, *, to_value=None, from_value=None,
+                  label: str = "tabulated posterior") -> PosteriorSummary:
         """Mean, std, quantiles and (with ``templates`` (M,)) template cell probabilities.
 
         ``to_value`` / ``from_value``: an increasing map from the tabulated variable to the
@@ -221,7 +253,7 @@ class GridPosterior:
         out = PosteriorSummary(
             mean=mean.cpu()[:, None].numpy(), std=std.cpu()[:, None].numpy(),
             quantiles={label: quant[k][:, None].numpy() for k, (label, _) in enumerate(QUANTILES)},
-            n_samples=0, method="D4-pooled posterior: exact quantiles and cell masses of the tabulated density, "
+            n_samples=0, method=f"{label}: exact quantiles and cell masses of the tabulated density, "
             "mean/std by quadrature")
         if templates is not None:
             inner, order = template_cell_edges(templates, edges)
@@ -237,6 +269,7 @@ class PooledGrid:
 
     z: GridPosterior
     flow: object  # the model's BoundedFlow: its maps z ↔ θ
+    group: str = DEFAULT_GROUP
 
     def _theta(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow.to_bounded(z.double()[..., None])[..., 0]
@@ -253,11 +286,13 @@ class PooledGrid:
         return self._theta(self.z.sample(n, generator))
 
     def summarize(self, templates=None) -> PosteriorSummary:
-        return self.z.summarize(templates, to_value=self._theta, from_value=self._z)
+        return self.z.summarize(templates, to_value=self._theta, from_value=self._z,
+                                label=f"{self.group}-pooled posterior")
 
 
 class PooledPosterior:
-    """The D4-pooled one-parameter posterior of a trained :class:`~cryoconf.sbi.model.SBIModel`.
+    """The pooled one-parameter posterior of a trained :class:`~cryoconf.sbi.model.SBIModel`
+    over the image transforms of ``group`` (:data:`GROUPS`; D4 by default).
 
     ``temperature``: τ of the pool (1: the plain geometric mean; fit it with
     :func:`fit_temperature`). Images are raw (B, box, box), as for the model. In z, with
@@ -265,7 +300,7 @@ class PooledPosterior:
     q̄(θ) ∝ exp(τ·(A + J)) is q̄(z) ∝ exp(τ·A + (τ − 1)·J).
     """
 
-    def __init__(self, model, temperature: float = 1.0) -> None:
+    def __init__(self, model, temperature: float = 1.0, group: str = DEFAULT_GROUP) -> None:
         if len(model.parameter_names) != 1:
             raise InputError(f"the symmetry-pooled posterior needs a one-parameter model; this one infers "
                              f"{', '.join(model.parameter_names)}")
@@ -273,17 +308,23 @@ class PooledPosterior:
             raise InputError(f"the pooling temperature must be positive, got {temperature}")
         self.model = model
         self.temperature = float(temperature)
+        self.group = check_group(group)
+        self.n_views = len(GROUPS[group])
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        return group_images(images, self.group)
 
     def _terms(self, images: torch.Tensor, extra_theta: torch.Tensor | None = None):
         """Nodes z (K, B) with A and J there (K, B each); with ``extra_theta`` (P, B) also,
-        at those θ, the eight views' log q_g(z) (P, 8, B) and J (P, B)."""
+        at those θ, the views' log q_g(z) (P, V, B) and J (P, B)."""
         flow = self.model.posterior
-        b = images.shape[0]
-        ctx = self.model._features(images, transform=dihedral_images)                        # (8B, C)
+        b, v = images.shape[0], self.n_views
+        ctx = self.model._features(images, transform=self._transform)                       # (VB, C)
         dist = flow.flow(ctx)
-        levels = torch.special.ndtr(torch.linspace(-BASE_RANGE, BASE_RANGE, BASE_POINTS, dtype=torch.float64))
-        zq = flow.quantile_z(levels, ctx, dist=dist).double().T                            # (L, 8B)
-        zq = zq.reshape(-1, GROUP_SIZE, b).reshape(-1, b)
+        per_view = QUANTILE_NODES // v  # fewer views, each posterior resolved more finely
+        levels = torch.special.ndtr(torch.linspace(-BASE_RANGE, BASE_RANGE, per_view, dtype=torch.float64))
+        zq = flow.quantile_z(levels, ctx, dist=dist).double().T                            # (L, VB)
+        zq = zq.reshape(-1, v, b).reshape(-1, b)
         inner, _ = template_cell_edges(self.model.spec["template_theta"])
         edges = flow.to_unbounded(inner[:, None].to(zq.device))[0][:, 0]
         lo = torch.minimum(zq.min(0).values, torch.full_like(zq[0], -BASE_RANGE))
@@ -295,8 +336,8 @@ class PooledPosterior:
         points = nodes
         if extra_theta is not None:
             points = torch.cat([nodes, flow.to_unbounded(extra_theta.double()[..., None])[0][..., 0]])
-        z = points.float().repeat(1, GROUP_SIZE)[..., None]                                # (P, 8B, 1)
-        a = dist.log_prob(z).double().reshape(points.shape[0], GROUP_SIZE, b)              # (P, 8, B)
+        rows = points.T.float().repeat(v, 1)                                               # (VB, P): view-major rows
+        a = flow.log_density_z(rows, ctx, dist=dist).double().reshape(v, b, -1).permute(2, 0, 1)  # (P, V, B)
         j = flow.log_dz_dtheta(points[..., None])                                           # (P, B)
         k = nodes.shape[0]
         extra = (a[k:], j[k:]) if extra_theta is not None else None
@@ -306,7 +347,8 @@ class PooledPosterior:
     def grid(self, images: torch.Tensor) -> PooledGrid:
         """The pooled posteriors of checked images (B, box, box), tabulated."""
         nodes, a, j, _ = self._terms(images)
-        return PooledGrid(GridPosterior(nodes, _log_density_z(self.temperature, a, j)), self.model.posterior)
+        return PooledGrid(GridPosterior(nodes, _log_density_z(self.temperature, a, j)), self.model.posterior,
+                          self.group)
 
     def log_prob(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """log q̄(θ | I): θ (P, B) → (P, B), normalised over the prior range."""
@@ -359,13 +401,13 @@ def fit_temperature(nodes: torch.Tensor, a: torch.Tensor, a_at_truth: torch.Tens
     return tau, dict(sorted(curve.items()))
 
 
-def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, batch_size: int = 256,
-                 progress: bool = True) -> dict:
-    """Fit the pooling temperature of ``model`` on ``n`` particles from ``simulator``'s priors.
+def fit_symmetry(model, simulator, n: int = 4000, *, group: str = DEFAULT_GROUP, seed: int = SYMMETRY_SEED,
+                 batch_size: int = 256, progress: bool = True) -> dict:
+    """Fit the pooling temperature of ``model`` over ``group`` on ``n`` particles from ``simulator``'s priors.
 
     The particles are simulated with ``seed`` (distinct from training, validation and
     :mod:`~cryoconf.sbi.evaluation`), SNR from the prior. Returns the record that
-    ``cryoconf sbi symmetrize`` writes to ``RUN/symmetry.json``: τ, the NLL curve, and the
+    ``cryoconf sbi symmetrize`` writes to ``RUN/``:func:`symmetry_file`: τ, the NLL curve, and the
     mean negative log posterior of the true θ for the plain flow, the pool at τ = 1 and at τ.
     """
     from tqdm.auto import tqdm
@@ -375,9 +417,9 @@ def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, 
 
     if n < 10:
         raise InputError(f"the temperature fit needs at least 10 particles, got {n}")
-    pool = PooledPosterior(model, 1.0)
+    pool = PooledPosterior(model, 1.0, group)
     parts = [[], [], [], [], [], []]  # nodes, A, J (K, B each); A, J and the plain log q at the truth (B,)
-    bar = tqdm(total=n, unit="particle", desc="sbi symmetrize", disable=not progress)
+    bar = tqdm(total=n, unit="particle", desc=f"sbi symmetrize ({group})", disable=not progress)
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad(), evaluating(model):
         for start in range(0, n, batch_size):
@@ -393,7 +435,7 @@ def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, 
     a_at, j_at, plain = (torch.cat(x) for x in parts[3:])
     tau, curve = fit_temperature(nodes, a, a_at, j, j_at)
     return {
-        "group": "D4 (rotations by 90° and mirrors about pixel box//2)",
+        "group": group, "group_description": GROUP_DESCRIPTIONS[group],
         "temperature": tau,
         "particles": n, "seed": int(seed), "snr": "prior",
         "nll_plain_flow": float(-plain.mean()),
@@ -403,14 +445,25 @@ def fit_symmetry(model, simulator, n: int = 4000, *, seed: int = SYMMETRY_SEED, 
     }
 
 
-def load_symmetry(run, checkpoint: Path) -> float:
-    """The fitted temperature of ``RUN/symmetry.json`` for ``checkpoint`` (raises if absent or stale)."""
-    path = Path(run) / SYMMETRY_FILE
+def symmetry_file(group: str = DEFAULT_GROUP) -> str:
+    """The file name, in a run directory, of the temperature fitted for ``group``."""
+    return SYMMETRY_FILE if check_group(group) == "D4" else f"symmetry_{group}.json"
+
+
+def load_symmetry(run, checkpoint: Path, group: str = DEFAULT_GROUP) -> float:
+    """The fitted temperature of ``group`` for ``checkpoint`` (``RUN/``:func:`symmetry_file`);
+    raises if absent or stale."""
+    path = Path(run) / symmetry_file(group)
+    hint = "" if group == DEFAULT_GROUP else f" --group {group}"
     if not path.is_file():
         raise InputError(f"{path} does not exist: fit the pooling temperature first with "
-                         f"`cryoconf sbi symmetrize {run}`")
+                         f"`cryoconf sbi symmetrize {run}{hint}`")
     info = json.loads(path.read_text())
     if info.get("checkpoint") != Path(checkpoint).name:
         raise InputError(f"{path} was fitted for {info.get('checkpoint')}, not {Path(checkpoint).name}; rerun "
-                         f"`cryoconf sbi symmetrize {run} --load {checkpoint}`")
+                         f"`cryoconf sbi symmetrize {run}{hint} --load {checkpoint}`")
+    fitted = str(info.get("group", "D4")).split()[0]  # records before subgroups: "D4 (rotations …)"
+    if fitted != group:
+        raise InputError(f"{path} holds the temperature of group {fitted}, not {group}; rerun "
+                         f"`cryoconf sbi symmetrize {run}{hint}`")
     return float(info["temperature"])
