@@ -71,16 +71,22 @@ def test_fast_sampler_matches_zuko(dtype, scale, base_scale):
         torch.testing.assert_close(back, base, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("method", ["compare", "searchsorted"])
-def test_rqs_inverse_tails_and_roundtrip(method):
+def _random_spline(seed: int, rows: int, bins: int, scale: float):
+    """A zuko MonotonicRQSTransform with ``rows`` random one-feature splines (float64) and its
+    knots (horizontal, vertical, derivatives), each (rows, bins + 1)."""
     from zuko.transforms import MonotonicRQSTransform
 
-    g = torch.Generator().manual_seed(3)
-    b, k = 5, 7
-    spline = MonotonicRQSTransform(4 * torch.randn(b, 1, k, generator=g, dtype=torch.float64),
-                                   4 * torch.randn(b, 1, k, generator=g, dtype=torch.float64),
-                                   4 * torch.randn(b, 1, k - 1, generator=g, dtype=torch.float64))
-    h, v, d = (spline.horizontal[:, 0], spline.vertical[:, 0], spline.derivatives[:, 0])
+    g = torch.Generator().manual_seed(seed)
+    spline = MonotonicRQSTransform(scale * torch.randn(rows, 1, bins, generator=g, dtype=torch.float64),
+                                   scale * torch.randn(rows, 1, bins, generator=g, dtype=torch.float64),
+                                   scale * torch.randn(rows, 1, bins - 1, generator=g, dtype=torch.float64))
+    return spline, (spline.horizontal[:, 0], spline.vertical[:, 0], spline.derivatives[:, 0])
+
+
+@pytest.mark.parametrize("method", ["compare", "searchsorted"])
+def test_rqs_inverse_tails_and_roundtrip(method):
+    b = 5
+    spline, (h, v, d) = _random_spline(seed=3, rows=b, bins=7, scale=4.0)
     y = torch.cat([torch.linspace(-9, 9, 181, dtype=torch.float64).expand(b, -1), v,  # also exactly on the knots
                    torch.nextafter(v, torch.full_like(v, -10)), torch.nextafter(v, torch.full_like(v, 10))], dim=1)
     x = rqs_inverse(y, h, v, d, method=method)
@@ -94,14 +100,8 @@ def test_rqs_inverse_tails_and_roundtrip(method):
 
 def test_rqs_log_det_is_the_derivative():
     """log |dy/dx| of one spline against a central difference of y, inside and beyond its bound."""
-    from zuko.transforms import MonotonicRQSTransform
-
-    g = torch.Generator().manual_seed(4)
-    b, k = 4, 8
-    spline = MonotonicRQSTransform(3 * torch.randn(b, 1, k, generator=g, dtype=torch.float64),
-                                   3 * torch.randn(b, 1, k, generator=g, dtype=torch.float64),
-                                   3 * torch.randn(b, 1, k - 1, generator=g, dtype=torch.float64))
-    h, v, d = (spline.horizontal[:, 0], spline.vertical[:, 0], spline.derivatives[:, 0])
+    b = 4
+    spline, (h, v, d) = _random_spline(seed=4, rows=b, bins=8, scale=3.0)
     x = torch.linspace(-7.3, 7.3, 301, dtype=torch.float64).expand(b, -1).contiguous()
     y, ladj = rqs_forward_log_det(x, h, v, d)
     torch.testing.assert_close(y, spline(x.T[..., None])[..., 0].T, rtol=0, atol=1e-12)
