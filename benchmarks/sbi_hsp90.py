@@ -86,7 +86,7 @@ from cryoconf.sbi.evaluation import (
 from cryoconf.sbi.inference import load_run
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
-from cryoconf.sbi.symmetry import load_symmetry, symmetry_file
+from cryoconf.sbi.symmetry import GROUPS, load_symmetry, symmetry_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,8 +182,8 @@ BASELINE_SETTINGS = ("orientations", "baseline_sigmas", "defocus_step", "shift_r
 
 def cached_baseline(path: str | None, simulator: SBISimulator, theta: np.ndarray, params: dict,
                     images: torch.Tensor, args):
-    """:func:`baseline_means` as (mean, std, seconds, MAP template, posterior over templates), read from
-    ``path`` when it holds the same settings, grid and particles, else computed (and saved there)."""
+    """:func:`baseline_means` as (mean, std, seconds, MAP template, posterior over templates, read back?),
+    read from ``path`` when it holds the same settings, grid and particles, else computed (and saved there)."""
     key = json.dumps({"settings": {k: getattr(args, k) for k in BASELINE_SETTINGS},
                       "grid": [simulator.box, simulator.apix_A], "theta": np.round(theta, 6).tolist(),
                       "images": [images.shape[0], round(float(images.double().sum()), 3),
@@ -192,13 +192,13 @@ def cached_baseline(path: str | None, simulator: SBISimulator, theta: np.ndarray
         with np.load(path) as f:
             if str(f["key"]) == key:
                 print(f"baseline read from {path}")
-                return (f["mean"], f["std"], float(f["seconds"]), f["map_template"], f["posterior"])
+                return (f["mean"], f["std"], float(f["seconds"]), f["map_template"], f["posterior"], True)
         print(f"{path} holds another baseline: recomputing it")
     mean, std, seconds, map_template, result = baseline_means(simulator, theta, params, images, args)
     if path:
         np.savez(path, key=key, mean=mean, std=std, seconds=seconds, map_template=map_template,
                  posterior=result.posterior)
-    return mean, std, seconds, map_template, result.posterior
+    return mean, std, seconds, map_template, result.posterior, False
 
 
 def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, args):
@@ -229,7 +229,8 @@ def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, i
     cache = args.baseline_cache
     if cache and (simulator.box, simulator.apix_A) != (args.comparison_grid[0], args.comparison_grid[1]):
         cache = str(Path(cache).with_suffix("")) + f"_box{simulator.box}.npz"  # the resampled particles' baseline
-    base_m, base_s, base_t, base_map, posterior = cached_baseline(cache, simulator, theta, params, images, args)
+    base_m, base_s, base_t, base_map, posterior, cached = cached_baseline(cache, simulator, theta, params, images,
+                                                                          args)
     # the baseline's posterior mass on the templates within the tolerance of the true θ
     base_within = (posterior * (np.abs(theta[None, :] - truth[:, None]) <= args.tolerance)).sum(1)
     template = params["template"].cpu().numpy()  # the template each particle was rendered from
@@ -242,6 +243,7 @@ def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, i
         "baseline_mean_std_A": round(float(base_s.mean()), 4),
         "baseline_mass_within_tolerance": round(float(base_within.mean()), 4),
         "baseline_seconds_per_particle": base_t,
+        "baseline_read_from": cache if cached else None,  # its time is then that of the run which wrote it
         "speedup": round(base_t / npe_t, 1),
         "speedup_sampled": round(base_t / npe_t_sampled, 1),
     }, base_m
@@ -295,7 +297,7 @@ def main() -> None:
                     help="also evaluate on particles simulated with this config (the paper's box 128 at 1.5 Å/px, "
                     "SNR defined on that grid) and resampled to the model's grid as `sbi infer` does; the baseline "
                     "comparison then uses them ('none': only the model's own grid)")
-    ap.add_argument("--symmetrize", nargs="?", const="D4", default=None, choices=("D4", "C4", "C2"),
+    ap.add_argument("--symmetrize", nargs="?", const="D4", default=None, choices=tuple(GROUPS),
                     metavar="GROUP", help="evaluate the posterior pooled over GROUP (D4, the default; C4 or C2; "
                     "RUN/symmetry.json or symmetry_GROUP.json from `cryoconf sbi symmetrize RUN --group GROUP`)")
     ap.add_argument("--baseline-cache", default=None, metavar="FILE.npz",

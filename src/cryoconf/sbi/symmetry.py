@@ -240,11 +240,12 @@ class GridPosterior:
         return self.quantile(u.to(self.nodes.device))
 
     def summarize(self, templates=None, edges=None, *, to_value=None, from_value=None,
-                  label: str = "tabulated posterior") -> PosteriorSummary:
+                  what: str = "tabulated posterior") -> PosteriorSummary:
         """Mean, std, quantiles and (with ``templates`` (M,)) template cell probabilities.
 
         ``to_value`` / ``from_value``: an increasing map from the tabulated variable to the
-        reported one and its inverse (e.g. z ↔ θ), applied to quantiles and cell edges.
+        reported one and its inverse (e.g. z ↔ θ), applied to quantiles and cell edges;
+        ``what``: the name of the posterior in the summary's ``method``.
         """
         to_value = to_value or (lambda x: x)
         from_value = from_value or (lambda x: x)
@@ -253,7 +254,7 @@ class GridPosterior:
         out = PosteriorSummary(
             mean=mean.cpu()[:, None].numpy(), std=std.cpu()[:, None].numpy(),
             quantiles={label: quant[k][:, None].numpy() for k, (label, _) in enumerate(QUANTILES)},
-            n_samples=0, method=f"{label}: exact quantiles and cell masses of the tabulated density, "
+            n_samples=0, method=f"{what}: exact quantiles and cell masses of the tabulated density, "
             "mean/std by quadrature")
         if templates is not None:
             inner, order = template_cell_edges(templates, edges)
@@ -287,7 +288,7 @@ class PooledGrid:
 
     def summarize(self, templates=None) -> PosteriorSummary:
         return self.z.summarize(templates, to_value=self._theta, from_value=self._z,
-                                label=f"{self.group}-pooled posterior")
+                                what=f"{self.group}-pooled posterior")
 
 
 class PooledPosterior:
