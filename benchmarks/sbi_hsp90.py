@@ -75,6 +75,7 @@ from cryoconf.baseline import (
     log_mean_likelihood,
     score_particles,
 )
+from cryoconf.devices import synchronize
 from cryoconf.rundir import list_checkpoints
 from cryoconf.sbi.config import load_config
 from cryoconf.sbi.evaluation import (
@@ -139,10 +140,6 @@ def npe_means(model: SBIModel, images: torch.Tensor, prepare, n_samples: int, tr
     ``prepare`` (resampling to the model's grid, when the particles are at another sampling),
     normalisation, embedding and summaries; the median of ``repeats`` passes over all particles.
     Also, per particle, the fraction of the samples within ``tolerance`` of ``truth`` (outside the timing)."""
-    def sync():
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-
     model.summarize(prepare(images[:8]))  # warm-up
     model.sample(prepare(images[:8]), n_samples)
 
@@ -160,10 +157,10 @@ def npe_means(model: SBIModel, images: torch.Tensor, prepare, n_samples: int, tr
     def timed(fn):
         seconds, out = [], None
         for _ in range(repeats):
-            sync()
+            synchronize(images.device)
             t0 = time.perf_counter()
             out = fn()
-            sync()  # a GPU's kernels run asynchronously: the time is the work's, not its launch's
+            synchronize(images.device)  # a GPU's kernels run asynchronously: the time is the work's, not its launch's
             seconds.append((time.perf_counter() - t0) / images.shape[0])
         return out, float(np.median(seconds))
 

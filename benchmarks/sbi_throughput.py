@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from cryoconf.devices import synchronize
 from cryoconf.sbi.model import SBIModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,18 +66,13 @@ def time_preparation(model: SBIModel, args) -> float:
     dev = model.device
     times = []
     for i in range(args.repeats + 1):  # the first is a warm-up
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         prepare_particles(raw.to(dev), args.input_apix, model.box, apix, noise_psd=psd, center_A=origins_A.to(dev),
                           normalize=normalize_for_sbi)
-        _sync(dev)
+        synchronize(dev)
         times.append(time.perf_counter() - t0)
     return min(times[1:])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -109,10 +105,10 @@ def main() -> None:
         run(images[:8])  # warm-up
         times = []
         for _ in range(args.repeats):
-            _sync(model.device)
+            synchronize(model.device)
             t0 = time.perf_counter()
             run(images)
-            _sync(model.device)
+            synchronize(model.device)
             times.append(time.perf_counter() - t0)
         return min(times)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from cryoconf.devices import synchronize
 from cryoconf.imaging import native_projector
-
 from cryoconf.imaging.ctf import CTFParams, apply_ctf
 from cryoconf.imaging.forward import RenderWorkspace, render_noisy_images
 from cryoconf.imaging.noise import add_white_noise
@@ -61,10 +61,6 @@ def main() -> None:
     b = args.batch
     workspace = RenderWorkspace()
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     def one_batch(times):
         t0 = time.perf_counter()
         idx = torch.randint(0, n_models, (b,), generator=gen, device=dev)
@@ -77,21 +73,21 @@ def main() -> None:
         ang = torch.rand(b, generator=gen, device=dev, dtype=dtype) * math.pi
         ctf = CTFParams.create(u, u + dv, ang, 300.0, 2.7, 0.1, dtype=dtype, device=dev)
         snr = 10 ** (-2 + 1.5 * torch.rand(b, generator=gen, device=dev, dtype=dtype))
-        sync(); t1 = time.perf_counter()
+        synchronize(dev); t1 = time.perf_counter()
         if not args.unfused:
             img = render_noisy_images(coords, 1.0, sigma, rot, shifts, ctf, args.box, args.apix, snr,
                                       snr_definition="box", generator=gen, pad_factor=args.pad_factor,
                                       projector=args.projector, workspace=workspace)
-            sync(); t2 = time.perf_counter()
+            synchronize(dev); t2 = time.perf_counter()
             for k, v in zip(("params", "render_fused"), (t1 - t0, t2 - t1)):
                 times[k] = times.get(k, 0.0) + v
             return img
         img = project_gaussians(coords, 1.0, sigma, args.box, args.apix, rotations=rot, shifts_A=shifts, method=args.projector)
-        sync(); t2 = time.perf_counter()
+        synchronize(dev); t2 = time.perf_counter()
         img = apply_ctf(img, ctf, args.apix, pad_factor=args.pad_factor)
-        sync(); t3 = time.perf_counter()
+        synchronize(dev); t3 = time.perf_counter()
         img = add_white_noise(img, snr, "box", generator=gen)
-        sync(); t4 = time.perf_counter()
+        synchronize(dev); t4 = time.perf_counter()
         for k, v in zip(("params", "project", "ctf", "noise"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             times[k] = times.get(k, 0.0) + v
         return img
@@ -101,7 +97,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         one_batch(times)
-    sync()
+    synchronize(dev)
     total = time.perf_counter() - t0
     n = args.repeats * b
     out = {

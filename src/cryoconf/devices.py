@@ -1,4 +1,5 @@
-"""The torch device a ``--device`` option names, checked once at the command line's edge."""
+"""The torch device a ``--device`` option names, checked once at the command line's edge; and
+waiting for a device's queued work (for timings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 
 from cryoconf.errors import InputError
 
-__all__ = ["parse_device"]
+__all__ = ["parse_device", "synchronize"]
 
 
 def parse_device(name) -> torch.device:
@@ -27,3 +28,11 @@ def parse_device(name) -> torch.device:
     elif dev.type != "cpu":
         raise InputError(f"--device {label}: cryoconf runs on cpu or cuda")
     return dev
+
+
+def synchronize(device) -> None:
+    """Wait until the work queued on ``device`` is done (a GPU runs kernels asynchronously, so a
+    timing must wait for them: the time is then the work's, not its launch's); nothing on a CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

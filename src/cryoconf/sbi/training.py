@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryoconf.devices import synchronize
 from cryoconf.distributed import start_run
 from cryoconf.errors import InputError
 from cryoconf.module_modes import evaluating
@@ -191,11 +192,6 @@ def _validation_loss(model: SBIModel, images, targets, device, batch: int) -> fl
     return total / images.shape[0]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str | None = None,
               steps: int | None = None, seed: int | None = None, progress: bool = True,
               simulator: SBISimulator | None = None, time_limit_s: float | None = None) -> TrainResult:
@@ -303,7 +299,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
             t0 = time.perf_counter()
             params, images = simulator.simulate(tc.batch_size, generator)
             targets = posterior_targets(params, config.posterior.parameters).to(dev)
-            _sync(dev)
+            synchronize(dev)
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = tc.lr_at(step)
@@ -324,7 +320,7 @@ def train_sbi(config: SBIConfig, run_dir, *, load=None, init=None, device: str |
                 optimizer.step()
             else:
                 log.warning("step %d: non-finite loss (%s); update skipped", step + 1, lv)
-            _sync(dev)
+            synchronize(dev)
             t2 = time.perf_counter()
             sim_s += t1 - t0
             net_s += t2 - t_net
