@@ -32,7 +32,6 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,11 +45,11 @@ from cryoconf.baseline import (
     template_posterior,
     theta_moments,
 )
-from cryoconf.sbi.config import load_config
-from cryoconf.sbi.evaluation import BASELINE_COMPARISON_SEED, simulate_held_out
 from cryoconf.sbi.simulator import SBISimulator
 
-REPO = Path(__file__).resolve().parents[1]
+from hsp90_comparison import add_particle_arguments, comparison_particles  # benchmarks/ (the script's folder)
+from json_report import emit
+
 SIGMAS_A = (1.5, 3.5)
 
 
@@ -79,20 +78,12 @@ def exact_model_ll(sim: SBISimulator, params: dict, images: torch.Tensor) -> np.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "sbi_hsp90_box128.yaml"),
-                    help="the particles' simulator (the benchmark's --paper-config)")
-    ap.add_argument("--n", type=int, default=40, help="particles: the first N of the benchmark's 200")
-    ap.add_argument("--snr", type=float, default=0.1)
+    add_particle_arguments(ap)
     ap.add_argument("--settings", nargs="*", default=["4608:0:16", "36864:0:16", "4608:3:16", "36864:2:16"],
                     help="R0:L:K = grid size, refinement levels, cells refined per level")
     ap.add_argument("--tolerance", type=float, default=1.0, help="Å")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not 1 <= args.n <= 200:
-        ap.error(f"--n must be between 1 and 200 (the benchmark's comparison particles), got {args.n}")
     settings = []
     for s in args.settings:
         try:
@@ -101,10 +92,8 @@ def main() -> None:
             ap.error(f"--settings {s!r}: expected R0:L:K, e.g. 36864:2:16")
         settings.append((r0, levels, cells))
 
-    sim = SBISimulator.from_config(load_config(args.config))
-    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=BASELINE_COMPARISON_SEED)
-    params = {k: v[:args.n] for k, v in params.items()}
-    images, truth = images[:args.n], params["theta"].numpy()
+    sim, params, images = comparison_particles(ap, args)
+    truth = params["theta"].numpy()
     ctf = sim.ctf_params(params)
     theta = np.asarray(sim.template_prior.theta, dtype=np.float64)
     out = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -140,11 +129,7 @@ def main() -> None:
                      **summary(ll, theta, truth, args.tolerance, sec)})
         print(json.dumps(rows[-1]), flush=True)
     out["rows"] = rows
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

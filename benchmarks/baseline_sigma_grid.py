@@ -20,7 +20,6 @@ Cost: one baseline pass per σ; with 40 particles in one batch the template proj
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -37,11 +36,10 @@ from cryoconf.baseline import (
     template_posterior,
     theta_moments,
 )
-from cryoconf.sbi.config import load_config
-from cryoconf.sbi.evaluation import BASELINE_COMPARISON_SEED, simulate_held_out
-from cryoconf.sbi.simulator import SBISimulator
 
-REPO = Path(__file__).resolve().parents[1]
+from hsp90_comparison import add_particle_arguments, comparison_particles  # benchmarks/ (the script's folder)
+from json_report import emit
+
 
 
 def _key(s: float) -> str:
@@ -71,10 +69,7 @@ def save_scores(path, args, truth: np.ndarray, per_sigma: dict, seconds: dict) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "sbi_hsp90_box128.yaml"),
-                    help="the particles' simulator (the benchmark's --paper-config)")
-    ap.add_argument("--n", type=int, default=40, help="particles: the first N of the benchmark's 200")
-    ap.add_argument("--snr", type=float, default=0.1)
+    add_particle_arguments(ap)
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0],
                     help="the full σ grid (Å); sub-grids are taken from it")
     ap.add_argument("--subgrids", default="1.5,3.5;1.0,2.0,3.0,4.0,5.0;0.5,1.5,2.5,3.5,4.5;2.5",
@@ -82,26 +77,20 @@ def main() -> None:
     ap.add_argument("--orientations", type=int, default=36864)
     ap.add_argument("--defocus-step", type=float, default=500.0, help="Å")
     ap.add_argument("--tolerance", type=float, default=1.0, help="Å")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--scores", default=None,
                     help="npz file of the per-σ log-likelihoods: those already in it are reused, new ones added "
                     "after each σ (re-analysing other --subgrids then costs nothing)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not 1 <= args.n <= 200:
-        ap.error(f"--n must be between 1 and 200 (the benchmark's comparison particles), got {args.n}")
     subgrids = [[float(s) for s in g.split(",")] for g in args.subgrids.split(";") if g.strip()]
     for g in subgrids:
         missing = [s for s in g if s not in args.sigmas]
         if missing:
             ap.error(f"sub-grid {g} has σ values outside --sigmas: {missing}")
 
-    sim = SBISimulator.from_config(load_config(args.config))
-    params, images = simulate_held_out(sim, 200, snr=args.snr, seed=BASELINE_COMPARISON_SEED)
-    images, truth = images[:args.n], params["theta"][:args.n].numpy()
-    ctf = sim.ctf_params(params)[:args.n]
+    sim, params, images = comparison_particles(ap, args)
+    truth = params["theta"].numpy()
+    ctf = sim.ctf_params(params)
     theta = np.asarray(sim.template_prior.theta, dtype=np.float64)
     log_prior = np.full(theta.size, -math.log(theta.size))  # uniform over templates, as the benchmark
     step = args.defocus_step
@@ -134,7 +123,7 @@ def main() -> None:
     # which σ of the grid carries each particle's evidence, against the σ it was rendered with
     evidence = np.stack([np.logaddexp.reduce(per_sigma[s], axis=1) for s in args.sigmas])  # (S, P)
     best_sigma = np.asarray(args.sigmas)[evidence.argmax(0)]
-    sigma_true = params["sigma_A"][:args.n].numpy()
+    sigma_true = params["sigma_A"].numpy()
     out = {
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "particles": args.n, "snr": args.snr, "orientations": args.orientations,
@@ -144,10 +133,7 @@ def main() -> None:
         "evidence_range_over_sigma_nats_median": round(float(np.median(evidence.max(0) - evidence.min(0))), 1),
         "rms_true_sigma_minus_best_grid_sigma_A": round(float(np.sqrt(np.mean((sigma_true - best_sigma) ** 2))), 3),
     }
-    text = json.dumps(out, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from cryoconf.simulation.parameters import sample_truth
 from cryoconf.simulation.run import simulate_dataset
 from cryoconf.structure.readers import read_conformations
 
+from json_report import emit  # benchmarks/ (the script's folder); fit_adk and recon_domains take it from here
+
 REPO = Path(__file__).resolve().parents[1]
 ADK = REPO.parent / "shared" / "data" / "adk"
 
@@ -175,16 +177,6 @@ def main(argv=None) -> dict:
             print(json.dumps({f"snr {snr:g} {name}": acc}), flush=True)
         report["results"][f"snr_{snr:g}"] = entry
     return emit(report, args.json)
-
-
-def emit(report: dict, path=None) -> dict:
-    """Print ``report`` as JSON, and write it to ``path`` when given."""
-    text = json.dumps(report, indent=2)
-    print(text)
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-    return report
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
 from cryoconf.sbi.symmetry import GROUPS, load_symmetry, symmetry_file
 
+from json_report import emit  # benchmarks/ (the script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -392,10 +394,7 @@ def main() -> None:
     plots.mkdir(parents=True, exist_ok=True)
     plot(plots / "hsp90_benchmark.png", per_snr, comparison)
     out["plot"] = str(plots / "hsp90_benchmark.png")
-    text = json.dumps(out, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -394,6 +394,7 @@ def score_particles(
     rots = (so3_grid(config.n_orientations, config.so3_method, dtype=dt, device=dev) if rotations is None
             else rotations.to(dtype=dt, device=dev))
     r_total = rots.shape[0]
+    rots_np = rots.cpu().numpy()  # (R, 3, 3): the best poses are read from it on the host
     grid = shift_grid_A(config.shift_range_A, config.shift_step_A, dtype=dt, device=dev)
     if config.use_ctf:
         relative = config.defocus_values_A is None
@@ -475,7 +476,7 @@ def score_particles(
             best_o[p0:p1, m] = o_idx
             best_shift[p0:p1, m] = shifts.cpu().numpy()[np.arange(b), s_idx]
             best_def[p0:p1, m] = batch.defocus_u_A.cpu().numpy()[np.arange(b), d_idx]
-            best_rot[p0:p1, m] = rots.cpu().numpy()[o_idx]
+            best_rot[p0:p1, m] = rots_np[o_idx]
         if refine:
             for j in range(b):
                 i = p0 + j
@@ -494,7 +495,7 @@ def score_particles(
     return BaselineResult(
         log_likelihood=ll_out, log_prior=log_prior, theta=np.asarray(theta, dtype=np.float64),
         best_orientation=best_o, best_shift_A=best_shift, best_defocus_A=best_def,
-        best_log_likelihood=best_ll, rotations=rots.cpu().numpy(),
+        best_log_likelihood=best_ll, rotations=rots_np,
         indices=None if indices is None else np.asarray(indices), seconds=time.perf_counter() - t0,
         best_rotation=best_rot,
     )
