@@ -788,6 +788,15 @@ def test_cli_symmetrize_then_symmetrized_infer_and_calibrate(trained, toy_ensemb
     summary = np.load(tmp_path / "c2" / "posterior.npz")
     assert str(summary["summary_method"]).startswith("C2-pooled")
     assert (summary["cryoconfTemplateIndex"] == truth).mean() >= 0.8
+    # a distillation teacher pooled over the subgroup takes that group's fit
+    from cryoconf.sbi.distillation import Teacher
+
+    teacher = Teacher.load(run, symmetrize="C2")
+    assert teacher.group == "C2" and teacher.model.pooled.group == "C2"
+    assert teacher.temperature == record["temperature"] and "C2-pooled posterior" in teacher.label
+    with pytest.raises(InputError, match="--group C4"):
+        Teacher.load(run, symmetrize="C4")
+    assert Teacher.load(run, symmetrize=False).model.pooled is None
 
 
 # -- distillation from a teacher --------------------------------------------------------------
@@ -803,8 +812,11 @@ def test_distillation_config(toy_ensemble, tmp_path):
     assert conf.distillation.teacher == str((tmp_path / "cfg" / "teachers" / "checkpoint.5.pt").resolve())
     assert (conf.distillation.weight, conf.distillation.samples, conf.distillation.symmetrize) == (0.5, 8, True)
     assert SBIConfig.from_dict(conf.to_dict()).to_dict() == conf.to_dict()
+    data["distillation"]["symmetrize"] = "C2"
+    assert SBIConfig.from_dict(data).distillation.symmetrize == "C2"
     for patch, match in [({"weight": 1.5}, "distillation.weight"), ({"samples": 0}, "distillation.samples"),
-                         ({"symmetrize": "yes"}, "distillation.symmetrize"), ({"teacher": 3}, "distillation.teacher"),
+                         ({"symmetrize": "yes"}, "distillation.symmetrize"), ({"symmetrize": "C3"}, "C2, C4, D4"),
+                         ({"teacher": 3}, "distillation.teacher"),
                          ({"temperature": 1.0}, "'distillation.temperature' is unknown")]:
         bad = toy_config(toy_ensemble).to_dict()
         bad["distillation"] = {"teacher": "t.pt", **patch}

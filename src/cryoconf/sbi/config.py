@@ -335,7 +335,7 @@ class TrainingConfig:
 @dataclass
 class DistillationConfig:
     teacher: str | None = None
-    symmetrize: bool = True
+    symmetrize: bool | str = True  # true: the D4 pool; false: the plain flow; or a group (C2, C4, D4)
     weight: float = 0.75
     samples: int = 32
 
@@ -346,8 +346,11 @@ class DistillationConfig:
     def validate(self) -> None:
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
             _fail("distillation.teacher", f"expected a checkpoint.N.pt or run directory path, got {self.teacher!r}")
-        if not isinstance(self.symmetrize, bool):
-            _fail("distillation.symmetrize", f"expected true or false, got {self.symmetrize!r}")
+        from cryoconf.sbi.symmetry import GROUPS
+
+        if not isinstance(self.symmetrize, bool) and self.symmetrize not in GROUPS:
+            _fail("distillation.symmetrize", f"expected true (D4), false or one of {', '.join(GROUPS)}, "
+                  f"got {self.symmetrize!r}")
         self.weight = _number("distillation.weight", self.weight,
                               unit="weight of the teacher's term; 0 = the true θ only, 1 = the teacher only",
                               minimum=0, maximum=1)

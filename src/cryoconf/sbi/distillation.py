@@ -43,40 +43,45 @@ class Teacher:
     """A frozen trained posterior that supplies draws θ_m ~ t(θ | I) for a student.
 
     ``model``: a trained :class:`~cryoconf.sbi.model.SBIModel`; ``temperature``: pool it
-    over the image's eight dihedral transforms at this τ (one-parameter models), or
-    ``None`` for its plain flow. The teacher never trains and takes no gradients.
+    over ``group``'s transforms of the image (:mod:`cryoconf.sbi.symmetry`: D4, the eight
+    rotations and mirrors, or its subgroups C4 and C2) at this τ (one-parameter models),
+    or ``None`` for its plain flow. The teacher never trains and takes no gradients.
     """
 
-    def __init__(self, model: SBIModel, temperature: float | None = None, source: str = "teacher") -> None:
+    def __init__(self, model: SBIModel, temperature: float | None = None, source: str = "teacher",
+                 group: str = "D4") -> None:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model.freeze_for_inference()
-        self.model.use_symmetry(temperature)
+        self.model.use_symmetry(temperature, group)
         self.temperature = temperature
+        self.group = group
         self.source = source
 
     @classmethod
-    def load(cls, source, *, symmetrize: bool = True, device="cpu") -> "Teacher":
+    def load(cls, source, *, symmetrize: bool | str = True, device="cpu") -> "Teacher":
         """The teacher a ``distillation.teacher`` entry names (a checkpoint.N.pt, or a run
-        directory: its newest checkpoint). With ``symmetrize``, τ comes from the symmetry.json
-        that ``cryoconf sbi symmetrize`` wrote next to that checkpoint."""
+        directory: its newest checkpoint). ``symmetrize``: ``True`` (D4) or a group (``C2``,
+        ``C4``, ``D4``) pools it at the τ that ``cryoconf sbi symmetrize [--group G]`` wrote next
+        to that checkpoint; ``False``: its plain flow."""
         from cryoconf.rundir import resolve_checkpoint
-        from cryoconf.sbi.symmetry import load_symmetry
+        from cryoconf.sbi.symmetry import check_group, load_symmetry
 
         path = resolve_checkpoint(source, option="distillation.teacher")
         model = SBIModel.load(path).to(device)
-        tau = None
-        if symmetrize:
-            if len(model.parameter_names) != 1:
-                raise InputError(f"distillation.teacher {path}: the symmetry-pooled teacher needs a one-parameter "
-                                 f"model, this one infers {', '.join(model.parameter_names)}; set "
-                                 "distillation.symmetrize: false")
-            tau = load_symmetry(Path(path).parent, path)
-        return cls(model, tau, source=str(path))
+        if not symmetrize:
+            return cls(model, None, source=str(path))
+        group = check_group("D4" if symmetrize is True else str(symmetrize))
+        if len(model.parameter_names) != 1:
+            raise InputError(f"distillation.teacher {path}: the symmetry-pooled teacher needs a one-parameter "
+                             f"model, this one infers {', '.join(model.parameter_names)}; set "
+                             "distillation.symmetrize: false")
+        return cls(model, load_symmetry(Path(path).parent, path, group), source=str(path), group=group)
 
     @property
     def label(self) -> str:
-        kind = f"D4-pooled posterior (τ = {self.temperature:.4g})" if self.temperature is not None else "plain flow"
+        kind = f"{self.group}-pooled posterior (τ = {self.temperature:.4g})" if self.temperature is not None \
+            else "plain flow"
         return f"{self.source}, {kind}"
 
     def check_student(self, student: SBIModel) -> None:
