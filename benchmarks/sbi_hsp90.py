@@ -87,7 +87,7 @@ from cryoconf.sbi.evaluation import (
 from cryoconf.sbi.inference import load_run
 from cryoconf.sbi.model import SBIModel
 from cryoconf.sbi.simulator import SBISimulator
-from cryoconf.sbi.symmetry import GROUPS, load_symmetry, symmetry_file
+from cryoconf.sbi.symmetry import GROUPS, symmetry_file
 
 from json_report import emit  # benchmarks/ (the script's folder)
 
@@ -223,11 +223,10 @@ def baseline_means(simulator: SBISimulator, theta: np.ndarray, params: dict, ima
 
 
 def baseline_figures(simulator: SBISimulator, theta: np.ndarray, params: dict, images: torch.Tensor, truth: np.ndarray,
-                     npe_m: np.ndarray, npe_t: float, npe_t_sampled: float, args) -> tuple[dict, np.ndarray]:
-    """The baseline on ``images`` (at ``simulator``'s box and pixel size) and its comparison with NPE."""
-    cache = args.baseline_cache
-    if cache and (simulator.box, simulator.apix_A) != (args.comparison_grid[0], args.comparison_grid[1]):
-        cache = str(Path(cache).with_suffix("")) + f"_box{simulator.box}.npz"  # the resampled particles' baseline
+                     npe_m: np.ndarray, npe_t: float, npe_t_sampled: float, args,
+                     cache: str | None) -> tuple[dict, np.ndarray]:
+    """The baseline on ``images`` (at ``simulator``'s box and pixel size) and its comparison with NPE;
+    ``cache``: the npz of :func:`cached_baseline` (None: always computed)."""
     base_m, base_s, base_t, base_map, posterior, cached = cached_baseline(cache, simulator, theta, params, images,
                                                                           args)
     # the baseline's posterior mass on the templates within the tolerance of the true θ
@@ -309,7 +308,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    model, ckpt = load_run(run, args.load, args.device)  # on the device (before, --device cuda left it on the CPU)
+    # on the device (before, --device cuda left it on the CPU), pooled as `sbi infer --symmetrize GROUP` pools it
+    model, ckpt = load_run(run, args.load, args.device, symmetrize=args.symmetrize)
     config = load_config(run / "config.yaml")
     simulator = SBISimulator.from_config(config, device=args.device)
     out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,
@@ -318,7 +318,6 @@ def main() -> None:
            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "device": args.device, "training": training_budget(run)}
     if args.symmetrize:
-        model.use_symmetry(load_symmetry(run, ckpt, args.symmetrize), args.symmetrize)
         out["symmetrized"] = {"group": args.symmetrize, "temperature": model.pooled.temperature,
                               "fit": str(run / symmetry_file(args.symmetrize))}
     paper = None
@@ -346,7 +345,6 @@ def main() -> None:
     comparison = None
     if args.baseline_particles > 0:
         source = paper if paper is not None else simulator
-        args.comparison_grid = (source.box, source.apix_A)
         params, images = simulate_held_out(source, args.baseline_particles, snr=args.baseline_snr,
                                            seed=BASELINE_COMPARISON_SEED)
         truth = params["theta"].cpu().numpy()
@@ -376,7 +374,8 @@ def main() -> None:
             "max_difference_of_npe_means_flow_vs_sampled_A": round(float(np.abs(npe_m - npe_m_sampled).max()), 4),
         }
         # the baseline at the particles' own sampling (the paper's comparison) ...
-        figures, base_m = baseline_figures(source, theta, params, images, truth, npe_m, npe_t, npe_t_sampled, args)
+        figures, base_m = baseline_figures(source, theta, params, images, truth, npe_m, npe_t, npe_t_sampled, args,
+                                           args.baseline_cache)
         cmp.update(figures)
         if model.pooled is not None:
             base_t = figures["baseline_seconds_per_particle"]
@@ -387,8 +386,9 @@ def main() -> None:
                         "speedup_plain": round(base_t / plain_t, 1), "speedup_plain_sampled": round(base_t / plain_t_sampled, 1)})
         comparison = {"npe": npe_m, "baseline": base_m, "truth": truth}
         if (source.box, source.apix_A) != (simulator.box, simulator.apix_A):  # ... and resampled to the model's grid
+            cache = args.baseline_cache and str(Path(args.baseline_cache).with_suffix("")) + f"_box{simulator.box}.npz"
             cmp["baseline_on_model_grid"], _ = baseline_figures(simulator, theta, params, prepare(images), truth,
-                                                                npe_m, npe_t, npe_t_sampled, args)
+                                                                npe_m, npe_t, npe_t_sampled, args, cache)
         out["baseline_comparison"] = cmp
     plots = Path(args.plots) if args.plots else run
     plots.mkdir(parents=True, exist_ok=True)

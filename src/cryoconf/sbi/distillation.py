@@ -65,13 +65,13 @@ class Teacher:
         ``C4``, ``D4``) pools it at the τ that ``cryoconf sbi symmetrize [--group G]`` wrote next
         to that checkpoint; ``False``: its plain flow."""
         from cryoconf.rundir import resolve_checkpoint
-        from cryoconf.sbi.symmetry import check_group, load_symmetry
+        from cryoconf.sbi.symmetry import load_symmetry, pooling_group
 
         path = resolve_checkpoint(source, option="distillation.teacher")
         model = SBIModel.load(path).to(device)
         if not symmetrize:
             return cls(model, None, source=str(path))
-        group = check_group("D4" if symmetrize is True else str(symmetrize))
+        group = pooling_group(symmetrize)
         if len(model.parameter_names) != 1:
             raise InputError(f"distillation.teacher {path}: the symmetry-pooled teacher needs a one-parameter "
                              f"model, this one infers {', '.join(model.parameter_names)}; set "

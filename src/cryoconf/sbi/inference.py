@@ -45,14 +45,14 @@ def load_run(run, load: str = "latest", device: str = "cpu", symmetrize: bool | 
     the image's rotations (and mirrors) at the temperature ``cryoconf sbi symmetrize`` fitted for
     that checkpoint (``RUN/symmetry.json``, or ``RUN/symmetry_<group>.json``)."""
     from cryoconf.rundir import resolve_checkpoint
-    from cryoconf.sbi.symmetry import load_symmetry
+    from cryoconf.sbi.symmetry import load_symmetry, pooling_group
 
     device = parse_device(device)
     ckpt = resolve_checkpoint(load, run)
     model = SBIModel.load(ckpt).to(device).freeze_for_inference()  # weights read on the CPU, moved once
     if not symmetrize:
         return model, ckpt
-    group = "D4" if symmetrize is True else str(symmetrize)
+    group = pooling_group(symmetrize)
     return model.use_symmetry(load_symmetry(run, ckpt, group), group), ckpt
 
 

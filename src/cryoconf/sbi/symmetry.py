@@ -60,6 +60,7 @@ __all__ = [
     "fit_temperature",
     "group_images",
     "load_symmetry",
+    "pooling_group",
     "symmetry_file",
 ]
 
@@ -88,6 +89,11 @@ def check_group(group: str) -> str:
     if group not in GROUPS:
         raise InputError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
     return group
+
+
+def pooling_group(symmetrize: bool | str) -> str:
+    """The group a ``--symmetrize`` / ``symmetrize:`` value names: ``True`` → D4, a group name → itself."""
+    return DEFAULT_GROUP if symmetrize is True else check_group(str(symmetrize))
 
 
 def group_images(images: torch.Tensor, group: str = DEFAULT_GROUP) -> torch.Tensor:
