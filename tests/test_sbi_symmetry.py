@@ -41,6 +41,20 @@ def test_dihedral_images_are_eight_centre_preserving_pixel_permutations(n):
         dihedral_images(torch.zeros(1, 4, 6))
 
 
+@pytest.mark.parametrize("n", [8, 9, 128])
+def test_dihedral_images_by_index_arithmetic(n):
+    """Element 2k: y[i, j] = x[j, (N − i) mod N] applied k times (the rotation by 90° about pixel
+    N//2); 2k + 1: then the transpose. An independent reference, written with gathers."""
+    x = torch.randn(3, n, n, generator=torch.Generator().manual_seed(n))
+    i = torch.arange(n)
+    expected, y = [], x
+    for _ in range(4):
+        expected += [y, y.transpose(-1, -2)]
+        y = y[:, :, (2 * (n // 2) - i) % n].transpose(-1, -2)   # y'[i, j] = y[j, (2c − i) mod N], c = N//2
+    assert torch.equal(dihedral_images(x), torch.stack(expected))
+    assert torch.equal(dihedral_images(x.double()), torch.stack(expected).double())
+
+
 @pytest.mark.parametrize("group", ["C2", "C4", "D4"])
 def test_group_images_are_the_groups_elements_of_d4(group):
     x = torch.randn(3, 9, 9, generator=torch.Generator().manual_seed(1))
@@ -247,3 +261,50 @@ def test_cli_groups_are_the_library_groups():
     from cryoconf.cli.sbi import SYMMETRY_GROUPS
 
     assert set(SYMMETRY_GROUPS) == set(GROUPS)
+
+
+def _averaged_model(group, seed=0):
+    model = _toy_model(seed)
+    spec = model.spec
+    averaged = SBIModel(spec["box"], spec["apix_A"], spec["parameter_names"], spec["low"], spec["high"],
+                        spec["template_theta"], dict(spec["embedding"], average_over=group), spec["flow"])
+    averaged.load_state_dict(model.state_dict())   # the same weights: averaging changes no parameter
+    return model, averaged.eval()
+
+
+@pytest.mark.parametrize("group", ["C2", "C4"])
+def test_features_averaged_over_a_group_give_an_invariant_posterior(group):
+    plain, model = _averaged_model(group)
+    assert model.average_over == group and plain.average_over is None and "average_over" not in plain.spec["embedding"]
+    x = torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(9))
+    views = group_images(x, group)
+    with torch.no_grad():   # the Reynolds operator: the mean of the plain features over the views
+        expected = torch.stack([plain.embed(v) for v in views]).mean(0)
+        torch.testing.assert_close(model.embed(x), expected, rtol=1e-5, atol=1e-6)
+        theta = torch.linspace(0.2, 3.8, 7)[:, None, None].expand(-1, 3, 1)
+        lp = [model.log_prob(theta, v) for v in views]
+        for other in lp[1:]:
+            torch.testing.assert_close(other, lp[0], rtol=1e-5, atol=1e-5)
+        assert (model.log_prob(theta, x.transpose(-1, -2)) - lp[0]).abs().max() > 1e-3   # a mirror is not in C2, C4
+        assert (plain.log_prob(theta, x) - lp[0]).abs().max() > 1e-3                      # the plain flow is not
+    s = [model.summarize(v) for v in views]
+    np.testing.assert_allclose(s[1].mean, s[0].mean, atol=1e-5)
+
+
+def test_averaged_features_round_trip_and_refuse_a_pool_that_adds_nothing(tmp_path):
+    _, model = _averaged_model("C2")
+    model.save(tmp_path / "m.pt")
+    back = SBIModel.load(tmp_path / "m.pt").eval()
+    assert back.average_over == "C2"
+    x = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        torch.testing.assert_close(back.embed(x), model.embed(x))
+    with pytest.raises(InputError, match="already averages its features over C2.*pool over C4 or D4 instead"):
+        model.use_symmetry(1.1, "C2")
+    pooled = [model.use_symmetry(1.1, "C4").summarize(v) for v in group_images(x, "C4")]   # C4 ⊋ C2: a real pool
+    np.testing.assert_allclose(pooled[1].mean, pooled[0].mean, atol=1e-5)
+    _, d4 = _averaged_model("D4")
+    with pytest.raises(InputError, match="already averages its features over D4.*without a pool"):
+        d4.use_symmetry(1.1, "C4")
+    with pytest.raises(InputError, match="unknown symmetry group"):
+        _averaged_model("C3")

@@ -13,6 +13,7 @@ from cryoconf.sbi import (
     register_embedding, train_sbi,
 )
 from cryoconf.sbi.embeddings import ResNet18
+from cryoconf.sbi.symmetry import group_images
 from cryoconf.structure import Conformations, save_conformations
 from cryoconf.structure.ensemble_io import load_conformations_npz
 
@@ -213,6 +214,7 @@ def test_torchrun_two_processes_train_and_resume_exactly(toy_ensemble, tmp_path)
     ({"training": {"batch_size": 0}}, r"training\.batch_size.*≥ 1"),
     ({"training": {"optimizer": "sgd"}}, r"training\.optimizer.*adamw"),
     ({"embedding": {"name": "nope"}}, r"embedding\.name.*cnn"),
+    ({"embedding": {"name": "cnn", "average_over": "C3"}}, r"embedding\.average_over.*none, C2, C4, D4"),
     ({"posterior": {"parameters": ["theta", "log10_snr"]}, "priors": {"snr": 0.1}}, r"log10_snr.*min < max"),
     ({"flow": {"hidden_features": "big"}}, r"flow\.hidden_features"),
     ({"extra": {}}, r"'extra' is unknown"),
@@ -271,6 +273,12 @@ def test_example_configs_are_valid():
         again.image, again.priors, again.embedding, again.flow, again.posterior)
     assert distil.training.seed == again.training.seed and distil.distillation.symmetrize
     assert distil.distillation.teacher == str(root.parent / "runs" / "hsp90_box128_s2d_ft" / "checkpoint.16000.pt")
+    # the same model with its features averaged over C2, fine-tuned on particles of its own
+    c2 = load_config(root / "sbi_hsp90_box128_c2.yaml")
+    assert (c2.image, c2.priors, c2.flow, c2.posterior) == (again.image, again.priors, again.flow, again.posterior)
+    assert (c2.embedding.name, c2.embedding.params, c2.embedding.average_over) == (
+        again.embedding.name, again.embedding.params, "C2")
+    assert c2.training.seed not in (fine.training.seed, again.training.seed)
 
 
 # -- embeddings ---------------------------------------------------------------------------------
@@ -546,6 +554,31 @@ def test_training_particles_rendered_at_the_data_sampling(trained, toy_ensemble)
     assert float((resampled - direct).norm() / direct.norm()) < 0.02
     _, batch = sim.simulate(4, torch.Generator().manual_seed(0))
     assert batch.shape == (4, 32, 32) and bool(torch.isfinite(batch).all())
+
+
+def test_average_over_in_the_config_and_from_init(trained, toy_ensemble, tmp_path):
+    """embedding.average_over: validated, written only when set (older runs' configs unchanged), and a
+    model averaging its features over C2 may start from the weights of one without."""
+    plain = toy_config(toy_ensemble)
+    assert plain.embedding.average_over is None and "average_over" not in plain.to_dict()["embedding"]
+    data = plain.to_dict()
+    data["embedding"]["average_over"] = "none"
+    assert SBIConfig.from_dict(data).embedding.average_over is None
+    data["embedding"]["average_over"] = "C2"
+    averaged = SBIConfig.from_dict(data)
+    assert averaged.to_dict()["embedding"]["average_over"] == "C2"
+    assert SBIConfig.from_dict(averaged.to_dict()) == averaged
+    _, result = trained
+    tuned = train_sbi(averaged, tmp_path / "c2", init=result.run_dir, steps=0, progress=False)
+    assert tuned.model.average_over == "C2"
+    a, b = SBIModel.load(result.checkpoint).state_dict(), tuned.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert SBIModel.load(tmp_path / "c2" / "checkpoint.0.pt").average_over == "C2"
+    x = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    tuned.model.eval()
+    with torch.no_grad():   # the fine-tuned model's features are invariant to the rotation by 180°
+        torch.testing.assert_close(tuned.model.embed(x), tuned.model.embed(group_images(x, "C2")[1]),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_init_starts_a_run_from_another_runs_weights(trained, toy_ensemble, tmp_path):

@@ -24,7 +24,10 @@ the fix. See ``configs/sbi_hsp90_box64.yaml`` for a documented example.
                maximum: x and y uniform in [−shift_A, shift_A] Å. Pose: uniform on SO(3).
 ``posterior``  ``parameters``: ``[theta]`` plus optional nuisance dimensions
                (``log10_snr``, ``defocus_A``, ``sigma_A``, ``bfactor_A2``), each bounded to its prior range.
-``embedding``  ``name`` (a registered embedding: ``cnn``, ``resnet18``, …) and ``params``.
+``embedding``  ``name`` (a registered embedding: ``cnn``, ``resnet18``, …) and ``params``;
+               optionally ``average_over`` (C2, C4 or D4): the features are averaged over
+               that group's rotations (and mirrors) of each image, which makes the
+               posterior exactly invariant to them at |G| embeddings per image.
 ``flow``       neural spline flow: ``transforms``, ``hidden_features`` (list), ``bins``.
 ``training``   ``optimizer`` (adamw | adam), ``lr``, ``weight_decay``, ``clip_grad_norm``,
                ``batch_size``, ``steps``, ``validation_size``, ``validation_interval``,
@@ -247,11 +250,17 @@ class PosteriorConfig:
 class EmbeddingConfig:
     name: str = "cnn"
     params: dict = field(default_factory=dict)
+    average_over: str | None = None  # C2 | C4 | D4: features averaged over the group's transforms of each image
 
     def validate(self) -> None:
         from cryoconf.sbi.embeddings import available_embeddings
+        from cryoconf.sbi.symmetry import GROUPS
 
         _choice("embedding.name", self.name, tuple(available_embeddings()))
+        if self.average_over in (None, False, "none"):
+            self.average_over = None
+        else:
+            _choice("embedding.average_over", self.average_over, ("none", *GROUPS))
         if self.params is None:
             self.params = {}
         if not isinstance(self.params, dict):
@@ -447,6 +456,8 @@ class SBIConfig:
         for key in ("simulation_box", "simulation_apix_A"):  # unset: omitted, so runs written before the
             if d["image"][key] is None:                      # option existed keep their config unchanged
                 del d["image"][key]
+        if d["embedding"]["average_over"] is None:
+            del d["embedding"]["average_over"]
         if d["distillation"]["teacher"] is None:  # likewise: no distillation, no section
             del d["distillation"]
         return d

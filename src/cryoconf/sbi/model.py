@@ -27,6 +27,7 @@ from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
 from cryoconf.sbi.posterior import BoundedFlow
 from cryoconf.sbi.simulator import normalize_for_sbi
 from cryoconf.sbi.summaries import PosteriorSummary, summarize_samples
+from cryoconf.sbi.symmetry import check_group, group_images
 
 __all__ = ["SBIModel", "CHECKPOINT_FORMAT", "load_checkpoint", "spec_differences"]
 
@@ -45,7 +46,8 @@ class SBIModel(nn.Module):
         parameter_names: posterior dimensions, ``["theta", ...]``.
         low, high: (D,) prior bounds of each dimension.
         template_theta: (M,) the templates' θ (kept for downstream use).
-        embedding: name and params of a registered embedding.
+        embedding: name and params of a registered embedding; optionally ``average_over``
+            (C2, C4 or D4): features averaged over that group's transforms of each image.
         flow: ``transforms``, ``hidden_features``, ``bins`` of the NSF.
     """
 
@@ -61,6 +63,8 @@ class SBIModel(nn.Module):
                      "bins": int(flow["bins"])},
             "normalization": "normalize_for_sbi: per-image zero mean, unit std over the box",
         }
+        if embedding.get("average_over"):  # only when set, so specs of models without it stay as they were
+            self.spec["embedding"]["average_over"] = check_group(embedding["average_over"])
         if len(self.spec["low"]) != len(self.spec["parameter_names"]):
             raise InputError("SBIModel: one (low, high) bound per posterior parameter is needed")
         params = dict(self.spec["embedding"]["params"])
@@ -75,7 +79,8 @@ class SBIModel(nn.Module):
         b = list(parameter_bounds)
         return cls(config.image.box, config.image.apix_A, config.posterior.parameters, [x[0] for x in b],
                    [x[1] for x in b], template_theta,
-                   {"name": config.embedding.name, "params": config.embedding.params},
+                   {"name": config.embedding.name, "params": config.embedding.params,
+                    "average_over": config.embedding.average_over},
                    {"transforms": config.flow.transforms, "hidden_features": config.flow.hidden_features,
                     "bins": config.flow.bins})
 
@@ -91,6 +96,11 @@ class SBIModel(nn.Module):
     def bounds(self) -> torch.Tensor:
         """(D, 2) prior bounds (low, high)."""
         return torch.stack([self.posterior.low, self.posterior.high], dim=-1)
+
+    @property
+    def average_over(self) -> str | None:
+        """The group (C2, C4, D4) the embedding's features are averaged over, or ``None``."""
+        return self.spec["embedding"].get("average_over")
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +133,8 @@ class SBIModel(nn.Module):
         ``transform``: applied to the normalised images (B, box, box) before the embedding,
         e.g. :func:`~cryoconf.sbi.symmetry.dihedral_images` (pixel permutations, which the
         per-image normalisation commutes with); its output's leading dimensions are flattened.
+        With :attr:`average_over`, each image's features are the mean of the embedding over
+        that group's transforms of it (the Reynolds operator: exactly invariant to them).
         """
         net = self.embedding
         frozen = self.__dict__.get("_frozen_embedding")
@@ -131,7 +143,10 @@ class SBIModel(nn.Module):
         x = normalize_for_sbi(images)
         if transform is not None:
             x = transform(x).reshape(-1, *x.shape[-2:])
-        return net(x)
+        if self.average_over is None:
+            return net(x)
+        views = group_images(x, self.average_over)  # (G, B, box, box)
+        return net(views.reshape(-1, *x.shape[-2:])).reshape(views.shape[0], x.shape[0], -1).mean(0)
 
     @torch.no_grad()
     def freeze_for_inference(self) -> "SBIModel":

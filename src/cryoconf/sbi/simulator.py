@@ -16,6 +16,7 @@ it sees, simulated or real, so the two are always treated alike.
 
 from __future__ import annotations
 
+
 import numpy as np
 import torch
 
@@ -42,10 +43,11 @@ def normalize_for_sbi(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     if images.is_complex():
         raise InputError("images must be real-valued")
     x = images.float() if images.dtype not in (torch.float32, torch.float64) else images
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    xc = x - mean
-    std = xc.square().mean(dim=(-2, -1), keepdim=True).sqrt()
-    return xc / std.clamp_min(eps)
+    xc = x - x.mean(dim=(-2, -1), keepdim=True)
+    std = xc.square().mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(eps)
+    if torch.is_grad_enabled() and xc.requires_grad:
+        return xc / std
+    return xc.div_(std)  # no gradient wanted: divide in place, one image-sized buffer fewer
 
 
 def load_templates(conf: TemplatesConfig):

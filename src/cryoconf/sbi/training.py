@@ -114,12 +114,14 @@ def initial_weights(model: SBIModel, init) -> Path:
     architecture, posterior parameters, bounds, templates and grid; otherwise an InputError lists
     what differs. One exception: an embedding with ``adapt_weights`` (the compact CNN) may move
     to a finer grid over the same field of view, e.g. box 64 at 3 Å/px → box 128 at 1.5 Å/px
-    with ``space_to_depth: 2``; it adapts the checkpoint's weights, the rest must match."""
+    with ``space_to_depth: 2``; it adapts the checkpoint's weights, the rest must match. The
+    embedding's ``average_over`` may differ too (it changes what the weights are applied to, not
+    the weights): a model whose features are averaged over C2 can start from one without."""
     from cryoconf.rundir import resolve_checkpoint
 
     path = resolve_checkpoint(init, option="--init")  # no run directory: 'latest' is refused
     state = load_checkpoint(path, map_location="cpu")
-    old, new = state["spec"], model.spec
+    old, new = _without_averaging(state["spec"]), _without_averaging(model.spec)  # same weights either way
     weights = state["model_state"]
     regrid = (old.get("box"), old.get("apix_A"), old.get("embedding")) != (new["box"], new["apix_A"], new["embedding"])
     if regrid and old.get("embedding", {}).get("name") == new["embedding"]["name"] \
@@ -149,6 +151,12 @@ def initial_weights(model: SBIModel, init) -> Path:
                          "space_to_depth, a finer grid over the same field of view)")
     model.load_state_dict(weights)
     return path
+
+
+def _without_averaging(spec: dict) -> dict:
+    """``spec`` with its embedding's ``average_over`` left out."""
+    emb = {k: v for k, v in spec.get("embedding", {}).items() if k != "average_over"}
+    return {**spec, "embedding": emb}
 
 
 def _short(value) -> str:
