@@ -16,7 +16,6 @@ it sees, simulated or real, so the two are always treated alike.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

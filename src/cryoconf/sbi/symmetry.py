@@ -94,8 +94,8 @@ def group_images(images: torch.Tensor, group: str = DEFAULT_GROUP) -> torch.Tens
     """The transforms of ``group`` (:data:`GROUPS`) about pixel (N//2, N//2) of images (B, N, N):
     (|G|, B, N, N), the identity first, in the order of :func:`dihedral_images`.
 
-    For odd N the centre pixel is the array's centre and the transforms are plain flips and
-    transposes. For even N, row 0 and column 0 lie N//2 before the centre and have no partner
+    For odd N the centre pixel is the array's centre and the transforms are plain rotations by
+    90° (``torch.rot90``) and transposes. For even N, row 0 and column 0 lie N//2 before the centre and have no partner
     after it: each image is first extended by its row 0 and column 0 wrapped around to the
     end, (N + 1)², symmetric about pixel N//2, and cropped back after the transform. A few
     plain copies per view (a roll per view cost 5–10× more).
