@@ -164,12 +164,16 @@ def _hermitian_nyquist(ctf_rfft: torch.Tensor, nyquist_row_alias: torch.Tensor, 
     """A copy of ``ctf_rfft`` (B, box, box//2+1), even ``box``, with its Nyquist row averaged with
     ``nyquist_row_alias`` (B, box//2+1: the CTF at ky = +½ px⁻¹) and its Nyquist column with
     itself at −ky: the real part of the full-plane CTF product (autograd-safe)."""
+    return _hermitian_nyquist_(ctf_rfft.clone(), nyquist_row_alias, box)
+
+
+def _hermitian_nyquist_(ctf_rfft: torch.Tensor, nyquist_row_alias: torch.Tensor, box: int) -> torch.Tensor:
+    """:func:`_hermitian_nyquist` in place (returns ``ctf_rfft``)."""
     h = box // 2
-    out = ctf_rfft.clone()
-    out[:, h] = 0.5 * (ctf_rfft[:, h] + nyquist_row_alias)
-    col = out[..., -1].clone()
-    out[..., -1] = 0.5 * (col + col[..., _negated_index(box, col.device)])
-    return out
+    ctf_rfft[:, h] = 0.5 * (ctf_rfft[:, h] + nyquist_row_alias)
+    col = ctf_rfft[..., -1].clone()
+    ctf_rfft[..., -1] = 0.5 * (col + col[..., _negated_index(box, col.device)])
+    return ctf_rfft
 
 
 def _negated_index(box: int, device) -> torch.Tensor:
@@ -229,10 +233,7 @@ def ctf_rfft_into(out: torch.Tensor, box: int, apix_A: float, params: CTFParams)
         h = box // 2
         # the row's other alias (+½ px⁻¹) flips the sign of the s²·sin 2α term
         alias = torch.sin(gamma[:, h] - 2.0 * coef[:, 2:3] * terms[2].view(out.shape[1:])[h])
-        gamma.sin_()
-        gamma[:, h].add_(alias).mul_(0.5)
-        col = gamma[..., -1]
-        col.copy_(0.5 * (col + col[..., _negated_index(box, dev)]))
+        _hermitian_nyquist_(gamma.sin_(), alias, box)
     else:
         gamma.sin_()
     if bool((params.bfactor_A2 != 0).any()):
