@@ -314,7 +314,8 @@ def main() -> None:
     simulator = SBISimulator.from_config(config, device=args.device)
     out = {"run": str(run), "checkpoint": ckpt.name, "box": config.image.box, "apix_A": config.image.apix_A,
            "training_particles_rendered_at": list(config.image.render_grid),
-           "embedding": config.embedding.name, "snr_definition": config.image.snr_definition,
+           "embedding": config.embedding.name, "embedding_average_over": config.embedding.average_over,
+           "snr_definition": config.image.snr_definition,
            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "device": args.device, "training": training_budget(run)}
     if args.symmetrize:

@@ -127,14 +127,9 @@ def rqs_inverse(y: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tenso
     return _invert_bins(y, vertical, _bin_tables(horizontal, vertical, derivatives), method)
 
 
-def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor,
-                derivatives: torch.Tensor) -> torch.Tensor:
-    """The spline itself (the normalising direction), per row: x (B, n), knots (B, K + 1) → y (B, n).
-
-    Bin k holds x in (x_k, x_{k+1}] (zuko's count of knots strictly below x, minus one);
-    y = y_k + h [s ξ² + d_k ξ(1 − ξ)] / [s + δ ξ(1 − ξ)] (module docstring), and the
-    identity outside (horizontal[:, 0], horizontal[:, K]]. zuko's formulas in zuko's order.
-    """
+def _forward_bins(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor, derivatives: torch.Tensor):
+    """Per point of x (B, n): whether it lies inside the spline, its bin's y_k, h, s, d_k, d_{k+1},
+    its position ξ in the bin and ξ(1 − ξ), each (B, n); the bin lookup of both forward maps."""
     knots = horizontal.shape[-1]
     if knots > MAX_KNOTS:
         raise ValueError(f"at most {MAX_KNOTS} knots, got {knots}")
@@ -148,7 +143,18 @@ def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tenso
     tables = torch.stack((x0, x1 - x0, y0, y1 - y0, (y1 - y0) / (x1 - x0), d0, d1))  # per bin (7, B, K)
     x0, width, y0, height, s, d0, d1 = tables.gather(-1, k.expand(7, -1, -1)).unbind(0)
     z = (x - x0) / width
-    zz = z * (1 - z)
+    return inside, y0, height, s, d0, d1, z, z * (1 - z)
+
+
+def rqs_forward(x: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor,
+                derivatives: torch.Tensor) -> torch.Tensor:
+    """The spline itself (the normalising direction), per row: x (B, n), knots (B, K + 1) → y (B, n).
+
+    Bin k holds x in (x_k, x_{k+1}] (zuko's count of knots strictly below x, minus one);
+    y = y_k + h [s ξ² + d_k ξ(1 − ξ)] / [s + δ ξ(1 − ξ)] (module docstring), and the
+    identity outside (horizontal[:, 0], horizontal[:, K]]. zuko's formulas in zuko's order.
+    """
+    inside, y0, height, s, d0, d1, z, zz = _forward_bins(x, horizontal, vertical, derivatives)
     y = y0 + height * (s * z**2 + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
     return torch.where(inside, y, x)
 
@@ -161,20 +167,7 @@ def rqs_forward_log_det(x: torch.Tensor, horizontal: torch.Tensor, vertical: tor
     dy/dx = s² [d_{k+1} ξ² + 2 s ξ(1 − ξ) + d_k (1 − ξ)²] / [s + δ ξ(1 − ξ)]²;
     outside the spline the identity (log |dy/dx| = 0).
     """
-    knots = horizontal.shape[-1]
-    if knots > MAX_KNOTS:
-        raise ValueError(f"at most {MAX_KNOTS} knots, got {knots}")
-    bins = knots - 1
-    k = _bin_counts(x, horizontal.contiguous()) - 1
-    inside = k < bins
-    k = k.clamp_(max=bins - 1).long()
-    x0, x1 = horizontal[..., :-1], horizontal[..., 1:]
-    y0, y1 = vertical[..., :-1], vertical[..., 1:]
-    d0, d1 = derivatives[..., :-1], derivatives[..., 1:]
-    tables = torch.stack((x0, x1 - x0, y0, y1 - y0, (y1 - y0) / (x1 - x0), d0, d1))
-    x0, width, y0, height, s, d0, d1 = tables.gather(-1, k.expand(7, -1, -1)).unbind(0)
-    z = (x - x0) / width
-    zz = z * (1 - z)
+    inside, y0, height, s, d0, d1, z, zz = _forward_bins(x, horizontal, vertical, derivatives)
     denominator = s + (d0 + d1 - 2 * s) * zz
     y = y0 + height * (s * z**2 + d0 * zz) / denominator
     slope = s**2 * (d1 * z**2 + 2 * s * zz + d0 * (1 - z) ** 2) / denominator**2

@@ -95,10 +95,10 @@ def group_images(images: torch.Tensor, group: str = DEFAULT_GROUP) -> torch.Tens
     (|G|, B, N, N), the identity first, in the order of :func:`dihedral_images`.
 
     For odd N the centre pixel is the array's centre and the transforms are plain rotations by
-    90° (``torch.rot90``) and transposes. For even N, row 0 and column 0 lie N//2 before the centre and have no partner
-    after it: each image is first extended by its row 0 and column 0 wrapped around to the
-    end, (N + 1)², symmetric about pixel N//2, and cropped back after the transform. A few
-    plain copies per view (a roll per view cost 5–10× more).
+    90° (``torch.rot90``) and transposes. For even N, row 0 and column 0 lie N//2 before the
+    centre and have no partner after it: each image is first extended by its row 0 and column 0
+    wrapped around to the end, (N + 1)², symmetric about pixel N//2, and cropped back after the
+    transform. A few plain copies per view (a roll per view cost 5–10× more).
     """
     if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
         raise InputError(f"dihedral transforms need square images (B, N, N), got {tuple(images.shape)}")
@@ -320,15 +320,15 @@ class PooledPosterior:
                              f"{', '.join(model.parameter_names)}")
         if not (math.isfinite(temperature) and temperature > 0):
             raise InputError(f"the pooling temperature must be positive, got {temperature}")
+        self.group = check_group(group)
         averaged = getattr(model, "average_over", None)
-        if averaged is not None and set(GROUPS[check_group(group)]) <= set(GROUPS[averaged]):
+        if averaged is not None and set(GROUPS[group]) <= set(GROUPS[averaged]):
             larger = [g for g in GROUPS if not set(GROUPS[g]) <= set(GROUPS[averaged])]
             hint = f"pool over {' or '.join(larger)} instead, or not at all" if larger else "use it without a pool"
             raise InputError(f"this model's embedding already averages its features over {averaged}, so its "
                              f"posterior is the same for every image of a {group} pool; {hint}")
         self.model = model
         self.temperature = float(temperature)
-        self.group = check_group(group)
         self.n_views = len(GROUPS[group])
 
     def _transform(self, images: torch.Tensor) -> torch.Tensor:
