@@ -279,6 +279,16 @@ def test_example_configs_are_valid():
     assert (c2.embedding.name, c2.embedding.params, c2.embedding.average_over) == (
         again.embedding.name, again.embedding.params, "C2")
     assert c2.training.seed not in (fine.training.seed, again.training.seed)
+    # its two GPU rounds: the same model and priors at 4× the batch, each on particles none before saw
+    gpu1 = load_config(root / "sbi_hsp90_box128_c2_gpu.yaml")
+    gpu2 = load_config(root / "sbi_hsp90_box128_c2_gpu2.yaml")
+    seeds = {fine.training.seed, again.training.seed, c2.training.seed}
+    for gpu in (gpu1, gpu2):
+        assert (gpu.image, gpu.priors, gpu.embedding, gpu.flow, gpu.posterior) == (
+            c2.image, c2.priors, c2.embedding, c2.flow, c2.posterior)
+        assert gpu.training.batch_size == 4 * c2.training.batch_size and gpu.training.seed not in seeds
+        seeds.add(gpu.training.seed)
+    assert gpu2.training.lr < gpu1.training.lr and gpu2.training.lr_final == gpu1.training.lr_final
 
 
 # -- embeddings ---------------------------------------------------------------------------------
