@@ -20,27 +20,28 @@ CONFIG=${CONFIG:-configs/sbi_hsp90_box128_s2d_gpu.yaml}
 TOTAL_S=${TOTAL_S:-$BUDGET_S}
 RUN=${RUN:-/tmp/gpu_finetune_run}
 source benchmarks/gpu_env.sh
+minutes() { python3 -c "print($1 / 60)"; }  # seconds → the minutes --time-limit takes
 if ls "$RUN"/checkpoint.*.pt > /dev/null 2>&1; then
     # a later call: the run a first call planned goes on from its newest checkpoint, with its own config.yaml
     echo "resuming $RUN for at most $BUDGET_S s" | tee "$OUT/plan.txt"
     python3 -m cryoconf sbi train "$RUN/config.yaml" -o "$RUN" --load latest --device "$DEVICE" \
-        --time-limit "$(python3 -c "print($BUDGET_S / 60)")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
+        --time-limit "$(minutes "$BUDGET_S")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
 else
-INIT=${INIT:-$(ls .gpu/init/checkpoint.*.pt | head -n 1)}
-models=${CRYOCONF_SHARED_DATA:-../shared/data}/hsp90/hsp90_models.pt
-# 1. a timed probe at this config's batch (it also builds configs/hsp90_ensemble.npz). Its rate counts the
-#    warm-up: 40 steps gave 7.9 steps/s on an H100 where the run then made 14.3, so the run used half its
-#    budget; 200 steps come closer, and --time-limit below still stops a run the probe misjudged.
-python3 benchmarks/sbi_train_hsp90.py --config "$CONFIG" --models "$models" --steps "${PROBE_STEPS:-200}" --device "$DEVICE" \
-    -o /tmp/gpu_finetune_probe > "$OUT/probe.json" || { cat "$OUT/probe.json"; exit 1; }
-steps=$(python3 -c "import json; print(max(10, int(0.92 * json.load(open('$OUT/probe.json'))['steps_per_s'] * $TOTAL_S)))")
-echo "probe: $(grep steps_per_s "$OUT/probe.json"); training $steps steps from $INIT" | tee "$OUT/plan.txt"
-# 2. the fine-tuning; in one call --time-limit only guards against a probe that was too optimistic, over
-#    several it ends this call's share with a checkpoint
-rm -rf "$RUN"
-limit_s=$(python3 -c "print($BUDGET_S + 60 if $TOTAL_S <= $BUDGET_S else $BUDGET_S)")
-python3 -m cryoconf sbi train "$CONFIG" -o "$RUN" --init "$INIT" --device "$DEVICE" --steps "$steps" \
-    --time-limit "$(python3 -c "print($limit_s / 60)")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
+    INIT=${INIT:-$(ls .gpu/init/checkpoint.*.pt | head -n 1)}
+    models=${CRYOCONF_SHARED_DATA:-../shared/data}/hsp90/hsp90_models.pt
+    # 1. a timed probe at this config's batch (it also builds configs/hsp90_ensemble.npz). Its rate counts the
+    #    warm-up: 40 steps gave 7.9 steps/s on an H100 where the run then made 14.3, so the run used half its
+    #    budget; 200 steps come closer, and --time-limit below still stops a run the probe misjudged.
+    python3 benchmarks/sbi_train_hsp90.py --config "$CONFIG" --models "$models" --steps "${PROBE_STEPS:-200}" --device "$DEVICE" \
+        -o /tmp/gpu_finetune_probe > "$OUT/probe.json" || { cat "$OUT/probe.json"; exit 1; }
+    steps=$(python3 -c "import json; print(max(10, int(0.92 * json.load(open('$OUT/probe.json'))['steps_per_s'] * $TOTAL_S)))")
+    echo "probe: $(grep steps_per_s "$OUT/probe.json"); training $steps steps from $INIT" | tee "$OUT/plan.txt"
+    # 2. the fine-tuning; in one call --time-limit only guards against a probe that was too optimistic, over
+    #    several it ends this call's share with a checkpoint
+    rm -rf "$RUN"
+    limit_s=$(python3 -c "print($BUDGET_S + 60 if $TOTAL_S <= $BUDGET_S else $BUDGET_S)")
+    python3 -m cryoconf sbi train "$CONFIG" -o "$RUN" --init "$INIT" --device "$DEVICE" --steps "$steps" \
+        --time-limit "$(minutes "$limit_s")" --no-progress 2>&1 | tail -n 20 >> "$OUT/plan.txt"
 fi
 # 3. what comes back: the newest checkpoint (≤ 16 MiB, else without the optimiser state), config, log, losses
 python3 - "$RUN" "$OUT" <<'PY'
