@@ -25,6 +25,12 @@ Built in:
   each s×s block of pixels into s² channels (lossless), so that a box-128 image costs
   about what a box-64 one does while its fine pixels stay visible to the network.
 
+An embedding whose first step only rearranges pixels may say so with
+``pixel_layout(box)`` — the flat index (C, H, W), into a (box, box) image, of each value
+the rest of it reads — and ``forward_pixels(x)`` (B, C, H, W) → (B, out_features), that rest.
+The CPU inference copy (:mod:`cryoconf.sbi.frozen`) then gathers an image's symmetry views
+and that layout in one pass.
+
 An embedding may define ``adapt_weights(state, old_params, old_box)``: it turns the
 weights of the same embedding built with other ``params`` or another ``box`` into
 weights for itself (or raises InputError). ``cryoconf sbi train --init`` uses it to
@@ -194,9 +200,16 @@ class CompactCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # (B, 1, H, W) → (B, s², H/s, W/s); s = 1 leaves the images as they are
-        x = nn.functional.pixel_unshuffle(_as_batch(images), self.space_to_depth)
-        x = self.pool(self.features(x))
-        return self.head(torch.flatten(x, 1))
+        return self.forward_pixels(nn.functional.pixel_unshuffle(_as_batch(images), self.space_to_depth))
+
+    def pixel_layout(self, box: int) -> torch.Tensor:
+        """(s², box/s, box/s): the flat index, into a (box, box) image, of each value that
+        :meth:`forward_pixels` reads (space to depth is a permutation of the pixels)."""
+        return nn.functional.pixel_unshuffle(torch.arange(box * box).reshape(1, 1, box, box), self.space_to_depth)[0]
+
+    def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The network after space to depth: (B, s², box/s, box/s) → (B, out_features)."""
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
     def adapt_weights(self, state: dict, old_params: dict, old_box: int | None) -> dict:
         """Weights of a compact CNN on a coarser grid (the same field of view, ``old_box`` px,

@@ -11,9 +11,7 @@ the image's eight rotations and mirrors, or a subgroup's (:mod:`cryoconf.sbi.sym
 
 from __future__ import annotations
 
-import copy
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from cryoconf.errors import InputError, all_finite
 from cryoconf.module_modes import evaluating
 from cryoconf.sbi.embeddings import build_embedding
 from cryoconf.sbi.flow_summaries import DEFAULT_NODES, summarize_flow
+from cryoconf.sbi.frozen import FrozenEmbedding
 from cryoconf.sbi.posterior import BoundedFlow
 from cryoconf.sbi.simulator import normalize_for_sbi
 from cryoconf.sbi.summaries import PosteriorSummary, summarize_samples
@@ -136,25 +135,25 @@ class SBIModel(nn.Module):
         With :attr:`average_over`, each image's features are the mean of the embedding over
         that group's transforms of it (the Reynolds operator: exactly invariant to them).
         """
-        net = self.embedding
-        frozen = self.__dict__.get("_frozen_embedding")
-        if frozen is not None and not self.training:
-            net = frozen
         x = normalize_for_sbi(images)
         if transform is not None:
             x = transform(x).reshape(-1, *x.shape[-2:])
+        frozen = self.__dict__.get("_frozen_embedding")
+        if frozen is not None and not self.training:
+            return frozen(x)  # the views' mean too
         if self.average_over is None:
-            return net(x)
+            return self.embedding(x)
         views = group_images(x, self.average_over)  # (G, B, box, box)
-        return net(views.reshape(-1, *x.shape[-2:])).reshape(views.shape[0], x.shape[0], -1).mean(0)
+        return self.embedding(views.reshape(-1, *x.shape[-2:])).reshape(views.shape[0], x.shape[0], -1).mean(0)
 
     @torch.no_grad()
     def freeze_for_inference(self) -> "SBIModel":
         """Eval mode, plus an inference copy of the embedding for the CPU (returns ``self``).
 
-        torch.fx's ``optimize_for_inference`` folds each batch norm into its convolution and
-        runs the convolutions in MKL-DNN layout: the same function (agreement to float32
-        rounding, ~1e-6 relative) about 3× faster for the compact CNN on a CPU. The copy is a
+        :class:`~cryoconf.sbi.frozen.FrozenEmbedding`: the symmetry views and the
+        embedding's space to depth in one gather, each batch norm folded into its
+        convolution, channels-last layout. The same function (agreement to float32 rounding,
+        ~1e-6 relative) about 3× faster for the compact CNN on a CPU. The copy is a
         snapshot of the current weights: training mode (:meth:`train`), loading weights or
         moving/casting the model (``.to``, ``.cuda``, ``.double``) drops it; call this again
         afterwards. On a GPU, or for an embedding that torch.fx
@@ -165,13 +164,9 @@ class SBIModel(nn.Module):
         if self.device.type != "cpu":
             return self
         try:
-            with warnings.catch_warnings():  # torch's own use of torch.jit inside torch.fx's MKL-DNN pass
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from torch.fx.experimental.optimization import optimize_for_inference
-
-                frozen = optimize_for_inference(copy.deepcopy(self.embedding))
+            frozen = FrozenEmbedding(self.embedding, self.box, self.average_over)
             probe = torch.randn(2, self.box, self.box, generator=torch.Generator().manual_seed(0))
-            if not torch.allclose(frozen(probe), self.embedding(probe), rtol=1e-3, atol=1e-4):
+            if not torch.allclose(frozen(normalize_for_sbi(probe)), self._features(probe), rtol=1e-3, atol=1e-4):
                 raise RuntimeError("the frozen embedding disagrees with the original")
         except Exception as exc:  # noqa: BLE001 - any failure: run the embedding unchanged
             log.info("embedding '%s' not frozen for inference (%s); using it as it is",
