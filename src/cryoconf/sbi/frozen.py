@@ -12,10 +12,10 @@
 2. **The network with batch norm folded** into the preceding convolutions (torch.fx's
    ``fuse``) and its weights in channels-last layout; then the mean over the G views.
 
-On 2 CPU threads this runs the C2-averaged compact CNN at box 128 in about 0.3 ms per
-particle instead of 0.4 ms (pixel_unshuffle, a copy per view and the conversion to
-MKL-DNN layout that torch.fx's ``optimize_for_inference`` needs cost as much as the
-first convolution). The result agrees with the trained embedding to float32 rounding;
+On 2 CPU threads this embeds a particle for the C2-averaged compact CNN at box 128 in
+0.25 ms instead of the 0.54 ms of torch.fx's ``optimize_for_inference`` copy (whose
+pixel_unshuffle, copy per view and conversion to MKL-DNN layout cost as much as the first
+convolution); docs/sbi.md, "Throughput". The result agrees with the trained embedding to float32 rounding;
 ``SBIModel.freeze_for_inference`` checks that on a probe and keeps the trained embedding
 when it does not (or when torch.fx cannot trace it).
 """
